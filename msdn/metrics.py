@@ -1,0 +1,156 @@
+"""GZSL metrics as pure functions: score matrices and labels in, numbers out.
+
+Protocol (Xian et al.; as the MSDN authors evaluate):
+  S    per-class mean top-1 accuracy on test-seen images, all classes as candidates
+  U    the same on test-unseen images
+  H    2 S U / (S + U)
+  ZSL  per-class mean top-1 on test-unseen images, unseen classes as the only candidates
+Calibrated stacking adds `gamma` to every unseen-class score before the arg-max.
+
+The calibration curve needs no second pass over the scores: with a constant offset on all unseen
+classes, an image's prediction is either its best seen class or its best unseen class, so the
+whole curve follows from those two per image.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+def per_class_accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
+    """Mean over the classes present in `labels` of the fraction of their images predicted right."""
+    predictions = np.asarray(predictions)
+    labels = np.asarray(labels)
+    if labels.size == 0:
+        return 0.0
+    classes, inverse = np.unique(labels, return_inverse=True)
+    hits = np.bincount(inverse, weights=(predictions == labels).astype(np.float64), minlength=classes.size)
+    counts = np.bincount(inverse, minlength=classes.size)
+    return float(np.mean(hits / counts))
+
+
+def harmonic_mean(seen_acc: float, unseen_acc: float) -> float:
+    total = seen_acc + unseen_acc
+    return 0.0 if total == 0 else 2.0 * seen_acc * unseen_acc / total
+
+
+def calibrated_predictions(scores: np.ndarray, unseen: np.ndarray, gamma: float) -> np.ndarray:
+    """Arg-max class after adding `gamma` to the unseen classes' scores (calibrated stacking)."""
+    scores = np.asarray(scores)
+    return np.argmax(scores + gamma * np.asarray(unseen, dtype=scores.dtype), axis=1)
+
+
+def zsl_accuracy(scores: np.ndarray, labels: np.ndarray, unseen: np.ndarray) -> float:
+    """Conventional ZSL: unseen-class images, arg-max over the unseen classes only."""
+    unseen_ids = np.flatnonzero(unseen)
+    predictions = unseen_ids[np.argmax(np.asarray(scores)[:, unseen_ids], axis=1)]
+    return per_class_accuracy(predictions, labels)
+
+
+@dataclass(frozen=True)
+class CalibrationCurve:
+    gammas: np.ndarray
+    seen: np.ndarray  # S at each gamma
+    unseen: np.ndarray  # U at each gamma
+    harmonic: np.ndarray  # H at each gamma
+
+    @property
+    def best_index(self) -> int:
+        return int(np.argmax(self.harmonic))  # first maximum: the smallest such gamma
+
+    @property
+    def best_gamma(self) -> float:
+        return float(self.gammas[self.best_index])
+
+
+def _best_seen_and_unseen(scores: np.ndarray, unseen: np.ndarray):
+    """Per image: best seen score and class, best unseen score and class."""
+    seen_ids, unseen_ids = np.flatnonzero(~unseen), np.flatnonzero(unseen)
+    seen_scores, unseen_scores = scores[:, seen_ids], scores[:, unseen_ids]
+    seen_arg, unseen_arg = seen_scores.argmax(1), unseen_scores.argmax(1)
+    rows = np.arange(scores.shape[0])
+    return seen_scores[rows, seen_arg], seen_ids[seen_arg], unseen_scores[rows, unseen_arg], unseen_ids[unseen_arg]
+
+
+def _accuracy_per_gamma(scores: np.ndarray, labels: np.ndarray, unseen: np.ndarray, gammas: np.ndarray) -> np.ndarray:
+    """Per-class mean accuracy at every gamma, from one pass over `scores` (G x N work after it)."""
+    if labels.size == 0:
+        return np.zeros(gammas.size)
+    best_seen, seen_cls, best_unseen, unseen_cls = _best_seen_and_unseen(scores, unseen)
+    shifted = best_unseen[None, :] + gammas.astype(scores.dtype)[:, None]  # (G, N), same float type as a direct sum
+    # np.argmax keeps the first of equal maxima, i.e. the lower class id on a tie.
+    pick_unseen = (shifted > best_seen) | ((shifted == best_seen) & (unseen_cls < seen_cls))
+    predictions = np.where(pick_unseen, unseen_cls, seen_cls)
+    classes, inverse = np.unique(labels, return_inverse=True)
+    correct = (predictions == labels).astype(np.float64)  # (G, N)
+    onehot = np.zeros((labels.size, classes.size))
+    onehot[np.arange(labels.size), inverse] = 1.0
+    return (correct @ onehot / onehot.sum(0)).mean(1)
+
+
+def calibration_curve(
+    seen_scores: np.ndarray,
+    seen_labels: np.ndarray,
+    unseen_scores: np.ndarray,
+    unseen_labels: np.ndarray,
+    unseen: np.ndarray,
+    gammas: np.ndarray,
+) -> CalibrationCurve:
+    """S, U and H for every gamma in `gammas`: test-seen and test-unseen scores, all classes as candidates."""
+    gammas = np.asarray(gammas, dtype=np.float64)
+    unseen = np.asarray(unseen, dtype=bool)
+    s = _accuracy_per_gamma(np.asarray(seen_scores), np.asarray(seen_labels), unseen, gammas)
+    u = _accuracy_per_gamma(np.asarray(unseen_scores), np.asarray(unseen_labels), unseen, gammas)
+    total = s + u
+    h = np.divide(2 * s * u, total, out=np.zeros_like(total), where=total > 0)
+    return CalibrationCurve(gammas=gammas, seen=s, unseen=u, harmonic=h)
+
+
+@dataclass(frozen=True)
+class GZSLResult:
+    """Metrics at the configured gamma, conventional ZSL, and the calibration curve."""
+
+    S: float
+    U: float
+    H: float
+    zsl_acc: float
+    gamma: float
+    curve: CalibrationCurve = field(repr=False)
+
+    @property
+    def best_gamma(self) -> float:
+        return self.curve.best_gamma
+
+    @property
+    def H_best_gamma(self) -> float:
+        return float(self.curve.harmonic[self.curve.best_index])
+
+    def summary(self) -> dict[str, float]:
+        i = self.curve.best_index
+        return {
+            "S": self.S, "U": self.U, "H": self.H, "zsl_acc": self.zsl_acc, "gamma": self.gamma,
+            "best_gamma": self.best_gamma, "H_best_gamma": self.H_best_gamma,
+            "S_best_gamma": float(self.curve.seen[i]), "U_best_gamma": float(self.curve.unseen[i]),
+        }
+
+
+def gzsl_evaluate(
+    seen_scores: np.ndarray,
+    seen_labels: np.ndarray,
+    unseen_scores: np.ndarray,
+    unseen_labels: np.ndarray,
+    unseen: np.ndarray,
+    gamma: float,
+    gammas: np.ndarray,
+) -> GZSLResult:
+    """The whole protocol from margin-free fused scores (rows: images, columns: candidate classes)."""
+    unseen = np.asarray(unseen, dtype=bool)
+    s = per_class_accuracy(calibrated_predictions(seen_scores, unseen, gamma), seen_labels)
+    u = per_class_accuracy(calibrated_predictions(unseen_scores, unseen, gamma), unseen_labels)
+    return GZSLResult(
+        S=s, U=u, H=harmonic_mean(s, u),
+        zsl_acc=zsl_accuracy(unseen_scores, unseen_labels, unseen),
+        gamma=float(gamma),
+        curve=calibration_curve(seen_scores, seen_labels, unseen_scores, unseen_labels, unseen, gammas),
+    )

@@ -1,0 +1,79 @@
+"""GZSL metrics on a hand-worked example, and the calibration curve against separate evaluations."""
+import numpy as np
+import pytest
+
+from msdn.metrics import (
+    calibrated_predictions, calibration_curve, gzsl_evaluate, harmonic_mean, per_class_accuracy, zsl_accuracy,
+)
+
+UNSEEN = np.array([False, False, True, True])  # classes 0, 1 seen; 2, 3 unseen
+SEEN_SCORES = np.array([[3, 1, 2, 0], [1, 2, 0, 0], [0, 5, 1, 1]], dtype=np.float32)
+SEEN_LABELS = np.array([0, 0, 1])
+UNSEEN_SCORES = np.array([[2, 0, 1, 0], [0, 0, 1, 3], [4, 0, 2, 1]], dtype=np.float32)
+UNSEEN_LABELS = np.array([2, 3, 3])
+
+
+def test_per_class_accuracy_is_mean_over_classes_not_images():
+    # class 0: 1 of 1 right; class 1: 1 of 3 right -> (1 + 1/3) / 2, not 2/4
+    assert per_class_accuracy(np.array([0, 1, 0, 0]), np.array([0, 1, 1, 1])) == pytest.approx(2 / 3)
+    assert per_class_accuracy(np.array([], dtype=int), np.array([], dtype=int)) == 0.0
+
+
+def test_harmonic_mean():
+    assert harmonic_mean(0.75, 0.25) == pytest.approx(0.375)
+    assert harmonic_mean(0.0, 0.0) == 0.0
+
+
+def test_hand_worked_example_without_calibration():
+    r = gzsl_evaluate(SEEN_SCORES, SEEN_LABELS, UNSEEN_SCORES, UNSEEN_LABELS, UNSEEN, 0.0, np.array([0.0, 2.0]))
+    # seen: class 0 one of two right, class 1 right -> 0.75; unseen: class 2 never right, class 3 one of two
+    assert (r.S, r.U) == (pytest.approx(0.75), pytest.approx(0.25))
+    assert r.H == pytest.approx(0.375)
+    # ZSL among classes 2, 3 only: class 2 right, class 3 one of two
+    assert r.zsl_acc == pytest.approx(0.75)
+
+
+def test_hand_worked_example_with_calibration_and_ties():
+    # gamma = 2: image [1,2,0,0] ties 2 vs 2 -> lower class id (1); image [4,0,2,1] ties 4 vs 4 -> class 0
+    r = gzsl_evaluate(SEEN_SCORES, SEEN_LABELS, UNSEEN_SCORES, UNSEEN_LABELS, UNSEEN, 2.0, np.array([0.0, 2.0]))
+    assert (r.S, r.U, r.H) == (pytest.approx(0.5), pytest.approx(0.75), pytest.approx(0.6))
+    np.testing.assert_array_equal(calibrated_predictions(UNSEEN_SCORES, UNSEEN, 2.0), [2, 3, 0])
+    np.testing.assert_allclose(r.curve.seen, [0.75, 0.5])
+    np.testing.assert_allclose(r.curve.unseen, [0.25, 0.75])
+    np.testing.assert_allclose(r.curve.harmonic, [0.375, 0.6])
+    assert r.best_gamma == 2.0 and r.H_best_gamma == pytest.approx(0.6)
+    assert r.summary()["S_best_gamma"] == pytest.approx(0.5)
+
+
+def test_zsl_accuracy_ignores_seen_classes():
+    scores = np.array([[9.0, 0.0, 1.0, 2.0]])
+    assert zsl_accuracy(scores, np.array([3]), UNSEEN) == 1.0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_curve_equals_separate_evaluations(seed):
+    rng = np.random.default_rng(seed)
+    n_classes = 12
+    unseen = np.zeros(n_classes, bool)
+    unseen[rng.choice(n_classes, 5, replace=False)] = True
+    seen_ids, unseen_ids = np.flatnonzero(~unseen), np.flatnonzero(unseen)
+    seen_labels = rng.choice(seen_ids, 300)
+    unseen_labels = rng.choice(unseen_ids, 200)
+    # informative but noisy scores, biased towards seen classes as a trained model's are
+    def scores_for(labels):
+        s = rng.normal(size=(labels.size, n_classes)).astype(np.float32)
+        s[np.arange(labels.size), labels] += 1.5
+        s[:, ~unseen] += 1.0
+        return s
+    seen_scores, unseen_scores = scores_for(seen_labels), scores_for(unseen_labels)
+    gammas = np.linspace(-3, 5, 33)
+    curve = calibration_curve(seen_scores, seen_labels, unseen_scores, unseen_labels, unseen, gammas)
+    for i, g in enumerate(gammas):
+        s = per_class_accuracy(calibrated_predictions(seen_scores, unseen, g), seen_labels)
+        u = per_class_accuracy(calibrated_predictions(unseen_scores, unseen, g), unseen_labels)
+        assert curve.seen[i] == pytest.approx(s, abs=1e-12)
+        assert curve.unseen[i] == pytest.approx(u, abs=1e-12)
+        assert curve.harmonic[i] == pytest.approx(harmonic_mean(s, u), abs=1e-12)
+    # calibration must matter on such scores: S falls and U rises with gamma
+    assert curve.seen[0] > curve.seen[-1] and curve.unseen[0] < curve.unseen[-1]
+    assert curve.best_gamma == gammas[np.argmax(curve.harmonic)]
