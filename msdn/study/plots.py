@@ -1,0 +1,56 @@
+"""PNG plots for a study's parent run: the calibration curve and the optimisation history."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on cluster nodes
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def plot_calibration_curve(gammas: Sequence[float], seen: Sequence[float], unseen: Sequence[float],
+                           harmonic: Sequence[float], path: Path, *, title: str, chosen_gamma: float | None = None) -> Path:
+    """S, U and H (in %) against the calibrated-stacking offset gamma."""
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    g = np.asarray(gammas)
+    for values, label, style in ((seen, "S (seen)", "-"), (unseen, "U (unseen)", "--"), (harmonic, "H", "-")):
+        ax.plot(g, 100 * np.asarray(values), style, label=label, linewidth=2 if label == "H" else 1.2)
+    best = int(np.argmax(harmonic))
+    ax.axvline(g[best], color="grey", linestyle=":", label=f"best H at gamma={g[best]:.2f}")
+    if chosen_gamma is not None:
+        ax.axvline(chosen_gamma, color="black", linestyle="-.", linewidth=0.8, label=f"trial gamma={chosen_gamma:.2f}")
+    ax.set_xlabel("gamma (offset of unseen-class scores)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_optimisation_history(values: Sequence[float], path: Path, *, metric: str, mode: str, title: str,
+                              stopped_early: Sequence[bool] | None = None) -> Path:
+    """Each trial's best value in trial order, and the best so far."""
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    v = np.asarray(values, dtype=float)
+    x = np.arange(1, v.size + 1)
+    early = np.zeros(v.size, bool) if stopped_early is None else np.asarray(stopped_early, bool)
+    ax.scatter(x[~early], v[~early], label="trial (ran to max_t)", zorder=3)
+    if early.any():
+        ax.scatter(x[early], v[early], marker="x", label="trial (stopped by ASHA)", zorder=3)
+    running = np.fmax.accumulate(v) if mode == "max" else np.fmin.accumulate(v)
+    ax.step(x, running, where="post", color="black", label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel(metric)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

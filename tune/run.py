@@ -1,0 +1,77 @@
+"""Hyperparameter study of MSDN: Optuna search + ASHA early stopping on Ray Tune, tracked in MLflow.
+
+    python tune/run.py --dataset synthetic                      # the demo: no download needed
+    python tune/run.py --dataset cub --data-root /data/zsl --num-samples 40 --gpus-per-trial 0.5
+    python tune/run.py --dataset cub --resume                   # continue an interrupted study
+    mlflow ui --backend-store-uri sqlite:///mlflow.db           # compare the trials side by side
+
+Only flags are parsed here; the study itself lives in `msdn.study.runner`.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # run from a checkout (also under `ray job submit --working-dir .`) without installing
+
+from msdn.config import DATASETS, PROTOCOLS  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--dataset", required=True, choices=DATASETS)
+    p.add_argument("--search-space", type=Path, default=None,
+                   help="YAML search space (default: search_spaces/<dataset>.yaml in this repository)")
+    p.add_argument("--num-samples", type=int, default=12, help="number of trials")
+    p.add_argument("--max-epochs", type=int, default=None, help="epochs per trial (default: the search space's asha.max_t)")
+    p.add_argument("--max-concurrent", type=int, default=None,
+                   help="trials running at once (default: as many as the cluster's resources hold)")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster to join ('auto' inside a cluster, or ray://HOST:10001); default: start a local one")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    p.add_argument("--gpus-per-trial", type=float, default=None,
+                   help="GPU share per trial, fractions allowed (default: 1 when the cluster has GPUs, else 0)")
+    p.add_argument("--storage-path", default="results", help="where Tune keeps results and checkpoints (path or s3://, gs://)")
+    p.add_argument("--mlflow-uri", default=None,
+                   help="MLflow tracking URI (default: sqlite:///<working dir>/mlflow.db; http://HOST:PORT for a server)")
+    p.add_argument("--experiment", default=None, help="study name = MLflow experiment (default: msdn-<dataset>-<protocol>)")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="val",
+                   help="val: tune on a validation split, refit and test once; paper: the authors' test-every-epoch procedure")
+    p.add_argument("--resume", action="store_true", help="continue the study with this --experiment and --storage-path")
+    p.add_argument("--seed", type=int, default=0, help="study seed (per-trial seeds derive from it)")
+    p.add_argument("--data-root", default="data")
+    p.add_argument("--device", default="auto", help="device inside each trial (auto: its GPU share if any, else CPU)")
+    p.add_argument("--max-failures", type=int, default=1, help="retries of a trial whose worker or node died")
+    p.add_argument("--no-refit", action="store_true", help="skip retraining the best configuration on trainval")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from msdn.data import DataError
+    from msdn.study.runner import StudyError, StudyFailed, StudyOptions, run_study
+    from msdn.study.search_space import SearchSpaceError
+    from msdn.study.tracking import TrackingError
+
+    options = StudyOptions(
+        dataset=args.dataset,
+        search_space=args.search_space or REPO / "search_spaces" / f"{args.dataset}.yaml",
+        num_samples=args.num_samples, max_epochs=args.max_epochs, max_concurrent=args.max_concurrent,
+        address=args.address, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+        storage_path=args.storage_path, mlflow_uri=args.mlflow_uri, experiment=args.experiment,
+        protocol=args.protocol, resume=args.resume, seed=args.seed, data_root=args.data_root,
+        refit=not args.no_refit, device=args.device, max_failures=args.max_failures,
+    )
+    try:
+        result = run_study(options)
+    except (DataError, SearchSpaceError, TrackingError, StudyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1 if isinstance(exc, StudyFailed) else 2
+    return 130 if result.interrupted else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
