@@ -1,0 +1,117 @@
+"""Tests for msdn/synthetic.py: deterministic, fast, written in the real formats, and learnable but not trivial."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import scipy.io
+
+from msdn import synthetic
+from msdn.data import benchmark_paths, load_benchmark, load_numpy_pickle, make_split
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> tuple[Path, float]:
+    """One generated benchmark (seed 0) for the module, and how long it took."""
+    path = tmp_path_factory.mktemp("synthetic")
+    start = time.perf_counter()
+    synthetic.ensure_synthetic(path, seed=0, progress=None)
+    return path, time.perf_counter() - start
+
+
+def test_generation_is_fast(root):
+    assert root[1] < 10.0
+
+
+def test_files_in_the_real_formats(root):
+    path = root[0]
+    p = benchmark_paths("synthetic", path)
+    with h5py.File(p.hdf5, "r") as f:
+        assert f["feature_map"].dtype == np.float32 and f["feature_map"].shape[1:] == (256, 7, 7)
+        n = f["feature_map"].shape[0]
+        assert f["att"].shape == (50, 64) and f["w2v_att"].shape == (64, 300)
+        labels = f["labels"][()]
+    mat = scipy.io.loadmat(p.att_splits)
+    assert mat["att"].shape == (64, 50) and mat["trainval_loc"].shape[1] == 1 and mat["trainval_loc"].min() >= 1
+    assert mat["allclasses_names"].shape == (50, 1)
+    tv_ts = np.union1d(mat["trainval_loc"], mat["test_seen_loc"])
+    assert np.array_equal(np.union1d(mat["train_loc"], mat["val_loc"]), tv_ts)  # the xlsa17 layout
+    res = scipy.io.loadmat(p.res101, variable_names=["labels"])
+    assert np.array_equal(res["labels"].ravel() - 1, labels) and labels.size == n
+    assert load_numpy_pickle(p.w2v_pkl).shape == (64, 300)
+
+
+def test_loaders_read_it(root):
+    b = load_benchmark("synthetic", root[0], progress=None)
+    assert b.features.shape[1:] == (49, 256) and b.att.shape == (50, 64) and 2500 < b.labels.size < 3500
+    paper = make_split(b, "paper")
+    assert (int(paper.seen.sum()), int((~paper.seen).sum())) == (40, 10)
+    val = make_split(b, "val")
+    assert (int(val.seen.sum()), int((~val.seen).sum())) == (27, 13) and "xlsa17" in val.note
+
+
+def test_deterministic_for_a_seed(root, tmp_path):
+    synthetic.ensure_synthetic(tmp_path, seed=0, progress=None)
+    a, b = benchmark_paths("synthetic", root[0]), benchmark_paths("synthetic", tmp_path)
+    with h5py.File(a.hdf5, "r") as fa, h5py.File(b.hdf5, "r") as fb:
+        assert sorted(fa) == sorted(fb)
+        for key in fa:
+            assert np.array_equal(fa[key][()], fb[key][()]), key
+    ma, mb = scipy.io.loadmat(a.att_splits), scipy.io.loadmat(b.att_splits)
+    for key in ("att", "trainval_loc", "train_loc", "val_loc", "test_unseen_loc"):
+        assert np.array_equal(ma[key], mb[key]), key
+    assert a.w2v_pkl.read_bytes() == b.w2v_pkl.read_bytes()
+    other = synthetic.generate(seed=1)
+    with h5py.File(a.hdf5, "r") as fa:
+        assert other.labels.size != fa["labels"].shape[0] or not np.array_equal(other.labels, fa["labels"][()])
+
+
+def test_complete_set_is_reused_and_half_written_set_regenerated(root, tmp_path):
+    synthetic.ensure_synthetic(tmp_path, progress=None)
+    hdf5 = benchmark_paths("synthetic", tmp_path).hdf5
+    mtime = hdf5.stat().st_mtime_ns
+    synthetic.ensure_synthetic(tmp_path, progress=None)
+    assert hdf5.stat().st_mtime_ns == mtime
+    (tmp_path / "SYNTHETIC" / synthetic.MARKER).unlink()  # as if interrupted before the marker
+    hdf5.write_bytes(b"truncated")
+    lines: list[str] = []
+    load_benchmark("synthetic", tmp_path, progress=lines.append)
+    assert any("generating" in line for line in lines)
+    assert not [p for p in tmp_path.rglob("*") if ".tmp-" in p.name]
+
+
+def test_learnable_but_not_trivial(root):
+    """A linear attribute regressor on mean-pooled regions recognises unseen classes far above chance,
+    and even a supervised linear classifier does not solve the seen classes."""
+    b = load_benchmark("synthetic", root[0], progress=None)
+    s = make_split(b, "paper")
+    x = np.asarray(b.features, dtype=np.float32).mean(1)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    tr, att = s.train_idx, b.att / np.linalg.norm(b.att, axis=1, keepdims=True)
+    ridge = lambda t: np.linalg.solve(x[tr].T @ x[tr] + 1e-2 * np.eye(x.shape[1]), x[tr].T @ t)  # noqa: E731
+    w = ridge(att[b.labels[tr]])
+    unseen = np.flatnonzero(~s.seen)
+    pred = unseen[(x[b.test_unseen_loc] @ w @ att[unseen].T).argmax(1)]
+    zsl = np.mean([np.mean(pred[b.labels[b.test_unseen_loc] == k] == k) for k in unseen])
+    assert zsl > 0.35  # chance: 0.10
+    w_cls = ridge(np.eye(b.num_classes)[b.labels[tr]])
+    seen_acc = np.mean((x[b.test_seen_loc] @ w_cls).argmax(1) == b.labels[b.test_seen_loc])
+    assert 0.4 < seen_acc < 0.97
+
+
+def test_cli(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = subprocess.run([sys.executable, "-m", "msdn.synthetic", "--data-root", str(tmp_path), "--seed", "3"],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "seed 3" in out.stdout and benchmark_paths("synthetic", tmp_path).hdf5.is_file()
+    # load_benchmark keeps a set generated with another seed instead of overwriting it with seed 0
+    mtime = benchmark_paths("synthetic", tmp_path).hdf5.stat().st_mtime_ns
+    load_benchmark("synthetic", tmp_path, progress=None)
+    assert benchmark_paths("synthetic", tmp_path).hdf5.stat().st_mtime_ns == mtime
