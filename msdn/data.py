@@ -616,8 +616,11 @@ def _holdout(bench: Benchmark, classes: np.ndarray, fraction: float, seed: int) 
         perm = rng.permutation(imgs.size)
         held.append(imgs[perm[:n_hold]])
         train.append(imgs[perm[n_hold:]])
-    cat = lambda parts: np.sort(np.concatenate(parts)).astype(np.int64) if parts else np.zeros(0, np.int64)  # noqa: E731
-    return cat(train), cat(held)
+    return _sorted_union(train), _sorted_union(held)
+
+
+def _sorted_union(parts: list[np.ndarray]) -> np.ndarray:
+    return np.sort(np.concatenate(parts)).astype(np.int64) if parts else np.zeros(0, np.int64)
 
 
 def _val_classes(bench: Benchmark, seed: int) -> tuple[np.ndarray, np.ndarray, str]:

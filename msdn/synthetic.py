@@ -239,7 +239,7 @@ def _lock(path: Path) -> Iterator[None]:
 
 def ensure_synthetic(data_root: str | Path, seed: int = 0,
                      progress: Callable[[str], None] | None = print) -> Path:
-    """Write the synthetic benchmark for `seed` under data_root unless it is already complete; return DATA_ROOT/SYNTHETIC.
+    """Write the synthetic benchmark for `seed` under data_root unless already complete; return DATA_ROOT/SYNTHETIC.
 
     Files are written under temporary names and renamed into place, then a marker is written last, so an
     interrupted run is regenerated next time. Concurrent callers wait on a lock and reuse the result.
