@@ -234,6 +234,10 @@ def open_parent_run(opts: StudyOptions, space: SearchSpace) -> tuple[str, str]:
 
 
 def build_tuner(opts: StudyOptions, space: SearchSpace, resources: dict[str, float], callback, base: dict[str, Any]):
+    # Tune's default output dumps every result in full; a compact table of what matters reads better.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Checkpoints every epoch force frequent experiment snapshots by design (resume needs them).
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
@@ -249,10 +253,6 @@ def build_tuner(opts: StudyOptions, space: SearchSpace, resources: dict[str, flo
     concurrency = opts.max_concurrent or default_concurrency(resources)
     scheduler = ASHAScheduler(time_attr="training_iteration", max_t=opts.max_epochs,
                               grace_period=space.asha.grace_period, reduction_factor=space.asha.reduction_factor)
-    # Tune's default output dumps every result in full; a compact table of what matters reads better.
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # Checkpoints every epoch force frequent experiment snapshots by design (resume needs them).
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     reporter = tune.CLIReporter(
         metric_columns={"training_iteration": "epochs", "S": "S", "U": "U", "H": "H", "H_best_gamma": "H@best-gamma",
                         "loss": "loss"},

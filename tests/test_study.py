@@ -1,0 +1,170 @@
+"""End-to-end studies with a real local Ray, Optuna, ASHA and a SQLite MLflow store.
+
+These run `tune/run.py` as a user would (a subprocess), then read the MLflow store back.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+RUN = [sys.executable, str(REPO / "tune" / "run.py")]
+EXPERIMENT = "msdn-synthetic-val"
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    from msdn.synthetic import ensure_synthetic
+
+    root = tmp_path_factory.mktemp("data")
+    ensure_synthetic(root, progress=None)
+    from msdn.data import load_benchmark
+
+    load_benchmark("synthetic", root, progress=None)  # build the cache once for every study below
+    return root
+
+
+def run_study(workdir: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(RUN + list(args), cwd=workdir, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def mlflow_runs(db: Path, experiment: str = EXPERIMENT):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{db}")
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, f"no MLflow experiment {experiment!r} in {db}"
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("msdn.study") == "parent"]
+    children = [r for r in runs if r.data.tags.get("msdn.study") == "trial"]
+    return client, parents, children
+
+
+def test_small_study_end_to_end(tmp_path, data_root):
+    out = run_study(tmp_path, "--dataset", "synthetic", "--data-root", str(data_root), "--num-samples", "5",
+                    "--max-epochs", "4", "--seed", "3")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "top trials" in out.stdout and "TEST (refit on trainval" in out.stdout
+    client, parents, children = mlflow_runs(tmp_path / "mlflow.db")
+    assert len(parents) == 1 and len(children) == 5
+    parent = parents[0]
+    assert parent.info.status == "FINISHED" and parent.data.tags["protocol"] == "val"
+    assert parent.data.params["dataset"] == "synthetic"
+    for key in ("test_S", "test_U", "test_H", "test_zsl_acc", "best_H"):
+        assert 0.0 <= parent.data.metrics[key] <= 1.0, key
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert artifacts == {"plots/calibration_curve_best_trial.png", "plots/optimisation_history.png",
+                         "plots/calibration_curve_refit_test.png"}
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "search_space")} == {"search_space/synthetic.yaml"}
+    states = []
+    for child in children:
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert child.info.status == "FINISHED"
+        assert set(child.data.params) >= {"lambda_dis", "lambda_cal", "gamma", "lr", "lr_v_factor", "alpha"}
+        history = client.get_metric_history(child.info.run_id, "H")
+        steps = sorted(m.step for m in history)
+        epochs = int(child.data.tags["epochs_trained"])
+        assert steps == list(range(1, epochs + 1))
+        state = child.data.tags["trial_state"]
+        assert state == ("completed" if epochs == 4 else "stopped_early")
+        states.append(state)
+        for metric in ("S", "U", "zsl_acc", "H_best_gamma", "loss"):
+            assert len(client.get_metric_history(child.info.run_id, metric)) == epochs, metric
+        assert child.data.tags["placement.host"]
+    assert "completed" in states
+    # the authors' configuration is the first point Optuna evaluates
+    assert any(c.data.params["lambda_dis"] == "0.001" and c.data.params["gamma"] == "2.0" for c in children)
+    # results of Tune are where --storage-path says
+    assert (tmp_path / "results" / EXPERIMENT / "tuner.pkl").is_file()
+
+
+def _wait_for_checkpoints(results: Path, count: int, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if len(list(results.glob("*/checkpoint_*"))) >= count:
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"the study ended before it could be interrupted (exit {proc.returncode})")
+        time.sleep(0.5)
+    pytest.fail(f"no {count} checkpoints under {results} within {timeout} s")
+
+
+def test_killed_study_resumes_with_one_run_per_trial(tmp_path, data_root):
+    args = ["--dataset", "synthetic", "--data-root", str(data_root), "--num-samples", "6", "--max-epochs", "5",
+            "--no-refit"]
+    log = open(tmp_path / "first.log", "w")
+    proc = subprocess.Popen(RUN + args, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+    try:
+        _wait_for_checkpoints(tmp_path / "results" / EXPERIMENT, 3, proc)
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started, mid-way, no clean-up
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+    _, _, before = mlflow_runs(tmp_path / "mlflow.db")
+    assert 0 < len(before) < 6 or any(r.info.status == "RUNNING" for r in before)
+
+    out = run_study(tmp_path, *args, "--resume")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    client, parents, children = mlflow_runs(tmp_path / "mlflow.db")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    trial_ids = [c.data.tags["trial_id"] for c in children]
+    assert len(trial_ids) == 6 and len(set(trial_ids)) == 6  # exactly one run per trial
+    for child in children:
+        assert child.info.status == "FINISHED", child.info.run_name
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "H")]
+        assert sorted(steps) == list(range(1, int(child.data.tags["epochs_trained"]) + 1))  # no repeated epochs
+    # a trial that had started before the kill kept its run and continued it
+    before_ids = {r.data.tags["trial_id"]: r.info.run_id for r in before}
+    after_ids = {c.data.tags["trial_id"]: c.info.run_id for c in children}
+    assert all(after_ids[t] == run_id for t, run_id in before_ids.items())
+
+
+def test_invalid_search_space_fails_before_ray(tmp_path, data_root):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("metric: H\nmode: max\nasha: {max_t: 4, grace_period: 1, reduction_factor: 2}\n"
+                   "params:\n  lr: {distribution: loguniform, low: 0.01, high: 0.001}\n")
+    start = time.time()
+    out = run_study(tmp_path, "--dataset", "synthetic", "--data-root", str(data_root), "--search-space", str(bad))
+    assert out.returncode == 2
+    assert "bad.yaml" in out.stderr and "params.lr.low" in out.stderr
+    assert time.time() - start < 30
+    assert "Started a local Ray instance" not in out.stdout + out.stderr
+    assert not (tmp_path / "results").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_unreachable_tracking_server_fails_fast(tmp_path, data_root):
+    start = time.time()
+    out = run_study(tmp_path, "--dataset", "synthetic", "--data-root", str(data_root),
+                    "--mlflow-uri", "http://127.0.0.1:9")
+    assert out.returncode == 2
+    assert "--mlflow-uri http://127.0.0.1:9" in out.stderr and "does not answer" in out.stderr
+    assert time.time() - start < 30
+    assert not (tmp_path / "results").exists()
+
+
+def test_missing_dataset_fails_fast_with_instructions(tmp_path):
+    start = time.time()
+    out = run_study(tmp_path, "--dataset", "cub", "--data-root", str(tmp_path / "nodata"))
+    assert out.returncode == 2
+    assert time.time() - start < 10
+    assert "feature_map_ResNet_101_CUB.hdf5" in out.stderr and "--dataset synthetic" in out.stderr
+    assert "Started a local Ray instance" not in out.stdout + out.stderr
+
+
+def test_resume_without_a_study_and_duplicate_study_are_refused(tmp_path, data_root):
+    out = run_study(tmp_path, "--dataset", "synthetic", "--data-root", str(data_root), "--resume")
+    assert out.returncode == 2 and "--resume: no study named 'msdn-synthetic-val'" in out.stderr
+    (tmp_path / "results" / EXPERIMENT).mkdir(parents=True)
+    (tmp_path / "results" / EXPERIMENT / "tuner.pkl").write_bytes(b"x")
+    out = run_study(tmp_path, "--dataset", "synthetic", "--data-root", str(data_root))
+    assert out.returncode == 2 and "already exists" in out.stderr and "--resume" in out.stderr
