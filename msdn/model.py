@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 
 @dataclass
@@ -46,6 +47,53 @@ def regions_last_channel(features: Tensor) -> Tensor:
     raise ValueError(
         f"region features must be (B, C, H, W) or (B, R, C); got a tensor of shape {tuple(features.shape)}"
     )
+
+
+class _AttentionPooling(torch.autograd.Function):
+    """(B, R, 4, I) fused product -> p_a2v, p_v2a (B, I) and both attention maps (B, R, I).
+
+    The same softmax / multiply / sum chain autograd would differentiate, with a hand-written backward
+    that writes the product's gradient straight into one (B, R, 4, I) buffer: autograd's own backward
+    makes a tensor per op and then stacks the four slices, several passes over the largest activation.
+    """
+
+    @staticmethod
+    def forward(ctx, fused: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        score_a2v, logit_a2v, score_v2a, logit_v2a = fused.unbind(2)
+        attn_a2v = torch.softmax(logit_a2v, dim=1)  # over regions
+        attn_v2a = torch.softmax(logit_v2a, dim=2)  # over attributes
+        p_a2v = (attn_a2v * score_a2v).sum(1)
+        p_v2a = (attn_v2a * score_v2a).sum(1)
+        ctx.save_for_backward(fused, attn_a2v, attn_v2a)
+        ctx.set_materialize_grads(False)  # unused outputs (the attention maps, usually) cost nothing
+        return p_a2v, p_v2a, attn_a2v, attn_v2a
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_p_a2v, grad_p_v2a, grad_attn_a2v, grad_attn_v2a):
+        fused, attn_a2v, attn_v2a = ctx.saved_tensors
+        score_a2v, _, score_v2a, _ = fused.unbind(2)
+        grad = torch.empty_like(fused, memory_format=torch.contiguous_format)
+        g_score_a2v, g_logit_a2v, g_score_v2a, g_logit_v2a = grad.unbind(2)
+        _pool_backward(score_a2v, attn_a2v, grad_p_a2v, grad_attn_a2v, 1, g_score_a2v, g_logit_a2v)
+        _pool_backward(score_v2a, attn_v2a, grad_p_v2a, grad_attn_v2a, 2, g_score_v2a, g_logit_v2a)
+        return grad
+
+
+def _pool_backward(
+    score: Tensor, attn: Tensor, grad_p: Tensor | None, grad_attn: Tensor | None, dim: int,
+    grad_score: Tensor, grad_logit: Tensor,
+) -> None:
+    """Gradients of p = sum_r attn * score with attn = softmax(logit, dim), written into the two slots."""
+    if grad_p is None:
+        grad_p = score.new_zeros(score.shape[0], score.shape[2])
+    gp = grad_p.unsqueeze(1)  # p sums over regions (dim 1)
+    torch.mul(attn, gp, out=grad_score)
+    torch.mul(score, gp, out=grad_logit)  # d/d attn for now
+    if grad_attn is not None:
+        grad_logit.add_(grad_attn)
+    # softmax backward along `dim`: attn * (g - sum_dim attn * g)
+    grad_logit.sub_((grad_logit * attn).sum(dim, keepdim=True)).mul_(attn)
 
 
 class MSDN(nn.Module):
@@ -100,9 +148,8 @@ class MSDN(nn.Module):
     def projection(self) -> Tensor:
         """(C, 4I): columns for A2V score, A2V attention, V2A score, V2A attention."""
         v = self.attribute_vectors()
-        return torch.cat(
-            [(v @ self.W_1).T, (v @ self.W_2).T, self.W_1_1 @ v.T, (v @ self.W_2_1).T], dim=1
-        )
+        # Built as (4I, C) rows (a cheap contiguous cat), used through its transpose.
+        return torch.cat([v @ self.W_1, v @ self.W_2, v @ self.W_1_1.T, v @ self.W_2_1], dim=0).T
 
     def forward(self, features: Tensor, return_attention: bool = False) -> MSDNOutput:
         regions = regions_last_channel(features)
@@ -110,17 +157,19 @@ class MSDN(nn.Module):
         if n_channels != self.W_1.shape[1]:
             raise ValueError(f"expected {self.W_1.shape[1]} channels per region, got {n_channels}")
         projection = self.projection()
-        # Normalise in float32 (features may be stored in float16); autocast may lower the product.
-        regions = F.normalize(regions.float(), dim=-1)
         n_att = self.n_attributes
-        # The one large product: (B*R, C) @ (C, 4I).
-        fused = (regions.reshape(-1, n_channels) @ projection).view(batch, n_regions, 4, n_att)
+        # Normalise in float32 (features may be stored in float16), in place on our own float32 copy:
+        # one converted copy of the (B, R, C) features, not one per step of the normalisation.
+        normalised = regions.float()
+        inv_norm = 1.0 / torch.linalg.vector_norm(normalised, dim=-1, keepdim=True).clamp_min(1e-12)
+        if normalised is regions or (regions.requires_grad and torch.is_grad_enabled()):
+            normalised = normalised * inv_norm  # the caller's tensor, or one autograd must see unchanged
+        else:
+            normalised.mul_(inv_norm)
+        # The one large product: (B*R, C) @ (C, 4I); autocast may lower it.
+        fused = (normalised.reshape(-1, n_channels) @ projection).view(batch, n_regions, 4, n_att)
         fused = fused.float()  # softmax and sums in float32 even under autocast
-        score_a2v, logit_a2v, score_v2a, logit_v2a = fused.unbind(2)
-        attn_a2v = torch.softmax(logit_a2v, dim=1)  # over regions
-        attn_v2a = torch.softmax(logit_v2a, dim=2)  # over attributes
-        p_a2v = (attn_a2v * score_a2v).sum(1)
-        p_v2a = (attn_v2a * score_v2a).sum(1)
+        p_a2v, p_v2a, attn_a2v, attn_v2a = _AttentionPooling.apply(fused)
         att = self.att.float()
         out = MSDNOutput(
             scores_a2v=p_a2v @ att.T + self.class_margin,
