@@ -1,0 +1,25 @@
+"""benchmarks/bench_step.py --quick runs end to end and prints a complete table (no timing assertions)."""
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_step.py"
+COLUMNS = ["mode", "train img/s", "eval img/s", "peak train MiB", "peak eval MiB",
+           "train GFLOP/s", "matmul GFLOP/s", "efficiency"]
+
+
+def test_quick_benchmark_prints_table():
+    done = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--device", "cpu"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("mode "))
+    assert re.split(r"\s{2,}", lines[header].strip()) == COLUMNS
+    rows = [line.split() for line in lines[header + 2:] if line.split() and line.split()[0] in ("float32", "bf16-autocast")]
+    assert [r[0] for r in rows] == ["float32", "bf16-autocast"]
+    for row in rows:
+        train, evaluate, peak_train, peak_eval, achieved, matmul, efficiency = map(float, row[1:])
+        assert min(train, evaluate, achieved, matmul, efficiency) > 0, row
+        assert min(peak_train, peak_eval) >= 0, row  # tiny shapes may not grow the RSS at all
+    assert any(line.startswith("fastest mode:") for line in lines)
