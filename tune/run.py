@@ -13,6 +13,11 @@ import argparse
 import sys
 from pathlib import Path
 
+# Load torch before Ray, MLflow and h5py: its bundled oneMKL needs static TLS space that is gone once
+# many other native libraries are loaded ("Intel oneMKL FATAL ERROR: Cannot load libtorch_cpu.so",
+# seen in `ray job submit` drivers).
+import torch  # noqa: F401,E402
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run from a checkout (also under `ray job submit --working-dir .`) without installing
 

@@ -344,6 +344,7 @@ def run_study(opts: StudyOptions, *, say=print) -> StudyResult:
     load_benchmark(opts.dataset, opts.data_root, progress=say)  # builds the shared feature cache once, here
 
     connect_ray(opts.address)
+    check_cluster_storage_and_data(opts, say)
     resources = trial_resources(opts)
     experiment_id, parent_run_id = open_parent_run(opts, space)
     say(f"MLflow: {opts.mlflow_uri} experiment {opts.experiment!r} (id {experiment_id}), parent run {parent_run_id}")
@@ -493,4 +494,81 @@ def _print_end(result: StudyResult, opts: StudyOptions, space: SearchSpace, say)
     elif opts.protocol == "paper":
         say("paper protocol: the figures above are test-split figures selected on the test split (as published)")
     say(f"results: {result.experiment_path}")
-    say(f"MLflow:  mlflow ui --backend-store-uri {result.tracking_uri}   (experiment {opts.experiment!r})")
+    if result.tracking_uri.startswith(("http://", "https://")):
+        say(f"MLflow:  open {result.tracking_uri} (experiment {opts.experiment!r})")
+    else:
+        say(f"MLflow:  mlflow ui --backend-store-uri {result.tracking_uri}   (experiment {opts.experiment!r})")
+
+
+# --------------------------------------------------------------------------------------------
+# multi-node clusters: storage and data every node reaches
+
+
+def _on_every_node(fn, *args) -> dict[str, Any]:
+    """Run `fn(*args)` once on each alive node; returns {node id: result or the exception text}."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0]
+    remote = ray.remote(num_cpus=0)(fn)
+    refs = {node: remote.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(*args)
+            for node in nodes}
+    out = {}
+    for node, ref in refs.items():
+        try:
+            out[node] = ray.get(ref)
+        except Exception as exc:  # a node that cannot do it is reported, not fatal here
+            out[node] = exc
+    return out
+
+
+def _probe_exists(path: str) -> bool:
+    return Path(path).is_file()
+
+
+def _prepare_node_data(dataset: str, data_root: str) -> str:
+    """Validate the data and build (once, under the cache's file lock) the memory-mapped cache on this node."""
+    import socket
+
+    from msdn.data import load_benchmark
+
+    bench = load_benchmark(dataset, data_root, progress=None)
+    return f"{socket.gethostname()}: {bench.features.shape[0]} images"
+
+
+def check_cluster_storage_and_data(opts: StudyOptions, say=print) -> None:
+    """On a multi-node cluster, refuse node-local storage and make sure every node has the data."""
+    import ray
+    import uuid
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) < 2:
+        return
+    if not _is_uri(opts.storage_path):
+        probe = Path(opts.storage_path) / f".msdn-storage-probe-{uuid.uuid4().hex}"
+        probe.parent.mkdir(parents=True, exist_ok=True)
+        probe.write_text("written by the study driver; every node must see this file\n")
+        try:
+            seen = _on_every_node(_probe_exists, str(probe))
+        finally:
+            probe.unlink(missing_ok=True)
+        blind = [node[:12] for node, ok in seen.items() if ok is not True]
+        if blind:
+            raise StudyError(
+                f"--storage-path {opts.storage_path} is local to the driver's node: {len(blind)} of {len(seen)} "
+                f"nodes of this {len(nodes)}-node cluster cannot see it (node ids {', '.join(blind)}). Tune keeps "
+                f"results and checkpoints there, so every node must reach it: expected a shared filesystem "
+                f"path mounted at the same place on every node (NFS, EFS, a Kubernetes volume), or an "
+                f"s3:// / gs:// URI."
+            )
+    results = _on_every_node(_prepare_node_data, opts.dataset, opts.data_root)
+    failed = {node[:12]: str(r) for node, r in results.items() if isinstance(r, Exception)}
+    if failed:
+        first = next(iter(failed.items()))
+        raise StudyError(
+            f"--data-root {opts.data_root}: {len(failed)} of {len(results)} nodes cannot load the {opts.dataset} "
+            f"data (node {first[0]}: {first[1]}). Expected the data root on a filesystem every node mounts at the "
+            f"same path; each node builds or reuses the float16 cache there under a file lock."
+        )
+    say(f"cluster of {len(nodes)} nodes: storage and data reachable from every node "
+        f"({'; '.join(str(r) for r in results.values())})")

@@ -168,7 +168,15 @@ class MLflowStudyCallback(Callback):
         self.client.set_tag(run_id, TRIAL_STATE_TAG, "running")
         self._placed.discard(run_id)  # a restarted trial may land on another node
 
-    on_trial_recover = on_trial_start
+    def on_trial_recover(self, iteration: int, trials: list, trial, **info) -> None:
+        """A trial whose worker failed (node lost, crash) and is retried per FailureConfig."""
+        run_id = self.run_id(trial)
+        retries = int(self.client.get_run(run_id).data.tags.get("retries", "0")) + 1
+        self.client.set_tag(run_id, "retries", str(retries))
+        error = getattr(trial, "error_file", None)
+        if error and Path(error).is_file():
+            self.client.set_tag(run_id, f"retry_{retries}_error", Path(error).read_text()[-2000:])
+        self.client.set_tag(run_id, TRIAL_STATE_TAG, "retrying")
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
         run_id = self.run_id(trial)

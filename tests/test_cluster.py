@@ -1,0 +1,137 @@
+"""The study on a real two-node Ray cluster (loopback), submitted with `ray job submit`.
+
+Slow tier: each test starts a Ray head and a worker node, and an MLflow tracking server with a
+SQLite backend; everything is stopped afterwards, also when an assertion fails.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from loopback_cluster import BIN, LoopbackCluster
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+EXPERIMENT = "msdn-synthetic-val"
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    c = LoopbackCluster(tmp_path)
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()
+    for marker in (str(tmp_path), str(c.session_root)):
+        leftover = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout.split()
+        assert not leftover, f"processes of the test cluster still running: {leftover}"
+
+
+@pytest.fixture
+def shared_data(tmp_path):
+    """The data root on a path every node sees (one machine: the same filesystem)."""
+    from msdn.synthetic import ensure_synthetic
+
+    root = tmp_path / "shared" / "data"
+    ensure_synthetic(root, progress=None)
+    return root
+
+
+def study_command(cluster: LoopbackCluster, data_root: Path, *extra: str) -> list[str]:
+    return ["python", "tune/run.py", "--dataset", "synthetic", "--address", "auto", "--data-root", str(data_root),
+            "--storage-path", str(data_root.parent / "results"), "--mlflow-uri", cluster.mlflow_uri, *extra]
+
+
+def runs(cluster: LoopbackCluster):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(cluster.mlflow_uri)
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    assert exp is not None
+    all_runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in all_runs if r.data.tags.get("msdn.study") == "parent"]
+    children = [r for r in all_runs if r.data.tags.get("msdn.study") == "trial"]
+    return client, parents, children
+
+
+def test_study_submitted_as_a_ray_job_uses_both_nodes(cluster, shared_data):
+    nodes = {n["id"] for n in cluster.alive_nodes()}
+    assert len(nodes) == 2
+    out = cluster.submit(REPO, study_command(cluster, shared_data, "--num-samples", "4", "--max-epochs", "3"))
+    logs = out.stdout + out.stderr
+    assert out.returncode == 0 and "succeeded" in logs, logs[-4000:]
+    assert "cluster of 2 nodes: storage and data reachable from every node" in logs
+    client, parents, children = runs(cluster)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert "test_H" in parents[0].data.metrics and parents[0].data.tags["ray.nodes"] == "2"
+    assert len(children) == 4
+    assert all(c.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for c in children)
+    assert all(c.info.status == "FINISHED" for c in children)
+    used = {c.data.tags["placement.node_id"] for c in children}
+    assert used == nodes, f"trials ran on {used}, the cluster has {nodes}"
+    # trials never reached the tracking server themselves: only the driver's host is in its access log
+    assert (shared_data.parent / "results" / EXPERIMENT / "tuner.pkl").is_file()
+
+
+def test_node_local_storage_is_refused_on_a_multi_node_cluster(cluster, shared_data, tmp_path):
+    # a folder the head (where the job's driver runs) sees and the worker node does not
+    out = cluster.submit(REPO, ["python", "tune/run.py", "--dataset", "synthetic", "--address", "auto",
+                                "--data-root", str(shared_data), "--storage-path", str(cluster.node_local_dir / "results"),
+                                "--mlflow-uri", cluster.mlflow_uri, "--num-samples", "2"])
+    logs = out.stdout + out.stderr
+    assert out.returncode != 0, logs[-3000:]
+    assert "is local to the driver's node" in logs and "shared filesystem" in logs
+
+
+def test_study_survives_losing_the_worker_node(cluster, shared_data):
+    worker = next(n["id"] for n in cluster.alive_nodes() if "worker_node" in n["resources"])
+    job_id = f"msdn-node-loss-{uuid.uuid4().hex[:8]}"
+    submit = subprocess.run(
+        [str(BIN / "ray"), "job", "submit", "--no-wait", "--submission-id", job_id, "--address", cluster.dashboard,
+         "--working-dir", str(REPO),
+         "--", *study_command(cluster, shared_data, "--num-samples", "4", "--max-epochs", "6", "--max-failures", "2")],
+        env=cluster.env, capture_output=True, text=True, timeout=300, cwd=REPO,
+    )
+    assert submit.returncode == 0, submit.stderr[-3000:]
+    # wait until a trial is training on the worker node, then kill that node's raylet
+    deadline = time.time() + 300
+    victim = None
+    while time.time() < deadline and victim is None:
+        try:
+            _, _, children = runs(cluster)
+        except AssertionError:
+            children = []
+        for c in children:
+            if c.data.tags.get("placement.node_id") == worker and c.info.status == "RUNNING":
+                victim = c.data.tags["trial_id"]
+        time.sleep(1)
+    assert victim is not None, "no trial ever ran on the worker node"
+    cluster.kill_worker_node()
+    status = ""
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        answer = cluster.ray("job", "status", "--address", cluster.dashboard, job_id, check=False)
+        status = answer.stdout + answer.stderr
+        if any(s in status for s in ("SUCCEEDED", "FAILED", "STOPPED")):
+            break
+        time.sleep(3)
+    answer = cluster.ray("job", "logs", "--address", cluster.dashboard, job_id, check=False)
+    logs = answer.stdout + answer.stderr
+    assert "SUCCEEDED" in status, status + logs[-4000:]
+    client, parents, children = runs(cluster)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
+    hit = next(c for c in children if c.data.tags["trial_id"] == victim)
+    # what happened is on the trial's run: a retry, the error, and where it finished
+    assert int(hit.data.tags.get("retries", "0")) >= 1, hit.data.tags
+    assert hit.data.tags["trial_state"] in ("completed", "stopped_early")
+    assert hit.data.tags["placement.node_id"] != worker
+    local = client.download_artifacts(parents[0].info.run_id, "study_summary.json", str(shared_data.parent))
+    summary = json.loads(Path(local).read_text())
+    assert len(summary["trials"]) == 4
