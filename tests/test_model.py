@@ -130,3 +130,18 @@ def test_training_flops_hand_count():
     assert training_flops(1, 1, 1, 1, 1, 1) == 2 * 8 + 3 * 8 + 2 * 4
     cub = training_flops(50, 196, 2048, 312, 300, 200)
     assert cub == 2 * (2 * 50 * 196 * 2048 * 4 * 312) + 3 * (2 * 4 * 312 * 300 * 2048) + 2 * (2 * 2 * 50 * 312 * 200)
+
+
+def test_gradients_match_the_literal_equations():
+    """The hand-written backward of the attention pooling gives autograd's gradients of the plain equations."""
+    model = make_model(n_channels=6, n_att=4, n_classes=4, dim_v=3)
+    fmap = torch.rand(2, 6, 2, 2, generator=torch.Generator().manual_seed(5))
+    weights = torch.randn(2, 2, 4, generator=torch.Generator().manual_seed(6))
+    out = model(fmap)
+    (out.scores_a2v * weights[:, 0] + out.scores_v2a * weights[:, 1]).sum().backward()
+    fast = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    ref = literal_forward(model, fmap)
+    (ref * weights.double()).sum().backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(fast[name], p.grad, atol=1e-4, rtol=1e-3, msg=name)
