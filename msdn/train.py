@@ -126,7 +126,7 @@ class Trainer:
         features = self.batch_features(idx)
         labels = self.labels[torch.as_tensor(idx, device=self.device)]
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.amp and self.device.type == "cuda"):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
             output = self.model(features)
         terms = msdn_loss(
             output, labels, self.model.class_margin, self.model.seen,

@@ -132,3 +132,12 @@ def test_bad_configuration_is_reported(tmp_path):
                          capture_output=True, text=True, timeout=60, cwd=REPO)
     assert out.returncode == 2
     assert "feature_map_ResNet_101_CUB.hdf5" in out.stderr and "synthetic" in out.stderr
+
+
+def test_bf16_autocast_step_runs_on_cpu(synthetic):
+    root, bench = synthetic
+    split = make_split(bench, "paper")
+    cfg = default_config("synthetic", data_root=str(root), epochs=1, amp=True)
+    trainer = Trainer(cfg, bench, split, progress=None)
+    metrics = trainer.run_epoch()
+    assert np.isfinite(metrics["loss"]) and metrics["U"] > 1 / len(split.class_ids)
