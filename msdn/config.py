@@ -7,7 +7,7 @@ recipe with fewer epochs. A config can be overridden from a YAML file and from t
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 

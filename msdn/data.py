@@ -468,7 +468,7 @@ def _resolve_w2v(meta: _Meta, paths: BenchmarkPaths) -> None:
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
+def file_lock(path: Path) -> Iterator[None]:
     """Exclusive advisory lock: a second process waits here until the first has finished."""
     with open(path, "a+") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
@@ -539,7 +539,7 @@ def _open_cache(hdf5: Path, cache_dir: Path, shape: tuple[int, int, int, int], p
             raise DataError(f"{cache_dir}: cannot create the feature cache folder or its lock file ({exc}); "
                             "expected a writable folder next to the HDF5 (or pass cache_dir= to "
                             "load_benchmark)") from None
-        with _file_lock(lock):
+        with file_lock(lock):
             if not final.is_file():  # another process may have built it while we waited
                 for stale in cache_dir.glob("features_f16_*.tmp-*.npy"):
                     stale.unlink(missing_ok=True)  # left by an interrupted build; we hold the lock

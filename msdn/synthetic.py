@@ -15,17 +15,17 @@ DATA_ROOT/xlsa17/data/SYNTHETIC/{att_splits,res101}.mat, DATA_ROOT/w2v/SYNTHETIC
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import json
 import os
 import pickle
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
+
+from msdn.data import file_lock
 
 NUM_CLASSES = 50
 NUM_SEEN = 40  # of which NUM_TRAIN are xlsa17-style train classes, the rest validation classes
@@ -227,16 +227,6 @@ def _write_files(a: SyntheticArrays, paths: dict[str, Path], suffix: str) -> Non
         pickle.dump(a.w2v_att, fh, protocol=3)
 
 
-@contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def ensure_synthetic(data_root: str | Path, seed: int = 0,
                      progress: Callable[[str], None] | None = print) -> Path:
     """Write the synthetic benchmark for `seed` under data_root unless already complete; return DATA_ROOT/SYNTHETIC.
@@ -251,7 +241,7 @@ def ensure_synthetic(data_root: str | Path, seed: int = 0,
         return out_dir
     for p in paths.values():
         p.parent.mkdir(parents=True, exist_ok=True)
-    with _lock(out_dir / ".lock"):
+    with file_lock(out_dir / ".lock"):
         if _complete_seed(root) == seed:  # written by another process while we waited
             return out_dir
         _marker(root).unlink(missing_ok=True)

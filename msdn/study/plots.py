@@ -11,6 +11,18 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def _finish(fig, ax, path: Path, *, xlabel: str, ylabel: str, title: str) -> Path:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def plot_calibration_curve(gammas: Sequence[float], seen: Sequence[float], unseen: Sequence[float],
                            harmonic: Sequence[float], path: Path, *, title: str, chosen_gamma: float | None = None) -> Path:
     """S, U and H (in %) against the calibrated-stacking offset gamma."""
@@ -22,15 +34,7 @@ def plot_calibration_curve(gammas: Sequence[float], seen: Sequence[float], unsee
     ax.axvline(g[best], color="grey", linestyle=":", label=f"best H at gamma={g[best]:.2f}")
     if chosen_gamma is not None:
         ax.axvline(chosen_gamma, color="black", linestyle="-.", linewidth=0.8, label=f"trial gamma={chosen_gamma:.2f}")
-    ax.set_xlabel("gamma (offset of unseen-class scores)")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, path, xlabel="gamma (offset of unseen-class scores)", ylabel="accuracy (%)", title=title)
 
 
 def plot_optimisation_history(values: Sequence[float], path: Path, *, metric: str, mode: str, title: str,
@@ -45,12 +49,4 @@ def plot_optimisation_history(values: Sequence[float], path: Path, *, metric: st
         ax.scatter(x[early], v[early], marker="x", label="trial (stopped by ASHA)", zorder=3)
     running = np.fmax.accumulate(v) if mode == "max" else np.fmin.accumulate(v)
     ax.step(x, running, where="post", color="black", label="best so far")
-    ax.set_xlabel("trial")
-    ax.set_ylabel(metric)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, path, xlabel="trial", ylabel=metric, title=title)

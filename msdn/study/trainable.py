@@ -50,6 +50,18 @@ def trial_config(base: dict[str, Any], sampled: dict[str, Any], seed: int):
     return TrainConfig(**values).validate()
 
 
+def on_this_worker(cfg):
+    """Adapt a config to the Ray worker it runs on: its GPU share if it has one, its CPU share of threads."""
+    import torch
+
+    if cfg.device == "auto" or cfg.device.startswith("cuda"):
+        cfg = cfg.replace(device="cuda" if torch.cuda.is_available() else "cpu")
+    threads = int(os.environ.get("OMP_NUM_THREADS", "0"))
+    if threads > 0:  # Ray sets this from the task's CPU share; keeps trials from oversubscribing cores
+        torch.set_num_threads(threads)
+    return cfg
+
+
 def placement() -> dict[str, str]:
     """Where this trial runs: host name, Ray node id, visible GPU ids."""
     import ray
@@ -74,19 +86,13 @@ def report_metrics(metrics: dict[str, Any], curve) -> dict[str, Any]:
 
 def train_msdn(config: dict[str, Any], *, data: DataSpec, base: dict[str, Any], study_seed: int) -> None:
     """Function trainable: train, report each epoch with a checkpoint, resume from the last one."""
-    import torch
     from ray import tune
 
     from msdn.data import load_benchmark, make_split
     from msdn.train import Trainer
 
     context = tune.get_context()
-    cfg = trial_config(base, config, trial_seed(study_seed, config))
-    if cfg.device == "auto" or cfg.device.startswith("cuda"):
-        cfg = cfg.replace(device="cuda" if torch.cuda.is_available() else "cpu")
-    threads = int(os.environ.get("OMP_NUM_THREADS", "0"))
-    if threads > 0:  # Ray sets this from the trial's CPU share; keep trials from oversubscribing cores
-        torch.set_num_threads(threads)
+    cfg = on_this_worker(trial_config(base, config, trial_seed(study_seed, config)))
     bench = load_benchmark(data.dataset, data.data_root, progress=None)
     split = make_split(bench, cfg.protocol, val_fraction=cfg.val_fraction, seed=cfg.val_seed)
     trainer = Trainer(cfg, bench, split, progress=None)
@@ -109,17 +115,10 @@ def refit_and_test(base: dict[str, Any], best_params: dict[str, Any], epochs: in
     """Retrain the chosen configuration on trainval for `epochs` epochs; evaluate ONCE on the test split."""
     import time
 
-    import torch
-
     from msdn.data import load_benchmark, make_split
     from msdn.train import Trainer
 
-    cfg = trial_config(base, best_params, seed).replace(protocol="paper", epochs=epochs)
-    if cfg.device == "auto" or cfg.device.startswith("cuda"):
-        cfg = cfg.replace(device="cuda" if torch.cuda.is_available() else "cpu")
-    threads = int(os.environ.get("OMP_NUM_THREADS", "0"))
-    if threads > 0:
-        torch.set_num_threads(threads)
+    cfg = on_this_worker(trial_config(base, best_params, seed).replace(protocol="paper", epochs=epochs))
     bench = load_benchmark(data.dataset, data.data_root, progress=None)
     split = make_split(bench, "paper")
     trainer = Trainer(cfg, bench, split, progress=None)
