@@ -177,6 +177,7 @@ class MLflowStudyCallback(Callback):
         if error and Path(error).is_file():
             self.client.set_tag(run_id, f"retry_{retries}_error", Path(error).read_text()[-2000:])
         self.client.set_tag(run_id, TRIAL_STATE_TAG, "retrying")
+        self._placed.discard(run_id)  # it restarts elsewhere: record the new placement
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
         run_id = self.run_id(trial)
