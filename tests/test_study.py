@@ -168,3 +168,20 @@ def test_resume_without_a_study_and_duplicate_study_are_refused(tmp_path, data_r
     (tmp_path / "results" / EXPERIMENT / "tuner.pkl").write_bytes(b"x")
     out = run_study(tmp_path, "--dataset", "synthetic", "--data-root", str(data_root))
     assert out.returncode == 2 and "already exists" in out.stderr and "--resume" in out.stderr
+
+
+def test_study_where_every_trial_fails_exits_1_with_the_first_error(tmp_path, data_root):
+    space = tmp_path / "diverge.yaml"  # learning rates that make every trial diverge in its first epoch
+    space.write_text("metric: H\nmode: max\nasha: {max_t: 2, grace_period: 1, reduction_factor: 2}\n"
+                     "searcher: {seed: 0, start_from_defaults: false}\n"
+                     "params:\n  lr: {distribution: loguniform, low: 1.0e+6, high: 1.0e+8}\n")
+    out = run_study(tmp_path, "--dataset", "synthetic", "--data-root", str(data_root), "--search-space", str(space),
+                    "--num-samples", "2", "--max-failures", "0")
+    assert out.returncode == 1, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "every trial failed; the first error" in out.stderr and "training diverged" in out.stderr
+    _, parents, children = mlflow_runs(tmp_path / "mlflow.db")
+    assert parents[0].info.status == "FAILED" and parents[0].data.tags["study_state"] == "failed"
+    assert len(children) == 2
+    for child in children:
+        assert child.info.status == "FAILED" and child.data.tags["trial_state"] == "errored"
+        assert "training diverged" in child.data.tags["error"]
