@@ -464,6 +464,18 @@ def _resolve_w2v(meta: _Meta, paths: BenchmarkPaths) -> None:
                     f"one row per attribute, i.e. {i} = the columns of att")
 
 
+def read_rows(features: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Rows `idx` of a (memory-mapped) feature array, in the order of `idx`.
+
+    Reads in sorted order, which a memmap serves with fewer page faults, then puts the rows back.
+    """
+    idx = np.asarray(idx)
+    order = np.argsort(idx)
+    rows = np.empty((idx.size, *features.shape[1:]), dtype=features.dtype)
+    rows[order] = features[idx[order]]
+    return rows
+
+
 # ----------------------------------------------------------------------------- the float16 cache
 
 

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from .config import DATASETS, TrainConfig, default_config
+from .data import read_rows
 from .metrics import GZSLResult, gzsl_evaluate
 from .model import MSDN
 
@@ -48,15 +49,14 @@ def fused_scores(
     margin = model.class_margin
     chunks = []
     for start in range(0, len(indices), batch_size):
-        idx = np.sort(indices[start:start + batch_size])
-        order = np.argsort(np.argsort(indices[start:start + batch_size]))  # undo the sort (sorted reads are faster on a memmap)
+        idx = indices[start:start + batch_size]
         if feature_cache is not None:
             batch = feature_cache[torch.as_tensor(idx, device=feature_cache.device)]
         else:
-            batch = torch.from_numpy(np.ascontiguousarray(features[idx])).to(device, non_blocking=True)
+            batch = torch.from_numpy(read_rows(features, idx)).to(device, non_blocking=True)
         out = model(batch)
         fused = alpha * out.scores_a2v + (1.0 - alpha) * out.scores_v2a - margin
-        chunks.append(fused.float().cpu().numpy()[order])
+        chunks.append(fused.float().cpu().numpy())
     if not chunks:
         return np.zeros((0, model.n_classes), dtype=np.float32)
     return np.concatenate(chunks)

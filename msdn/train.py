@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from .config import DATASETS, FIELD_NAMES, TrainConfig, coerce_value, default_config, overrides_from_yaml
+from .data import read_rows
 from .evaluate import evaluate_model, gamma_grid
 from .losses import LossTerms, msdn_loss
 from .metrics import GZSLResult
@@ -112,9 +113,7 @@ class Trainer:
     def batch_features(self, idx: np.ndarray) -> torch.Tensor:
         if self.features_on_device is not None:
             return self.features_on_device[torch.as_tensor(idx, device=self.device)]
-        rows = np.ascontiguousarray(self.bench.features[np.sort(idx)])
-        order = np.argsort(np.argsort(idx))  # sorted reads from the memmap, original order back
-        return torch.from_numpy(rows[order]).to(self.device, non_blocking=True)
+        return torch.from_numpy(read_rows(self.bench.features, idx)).to(self.device, non_blocking=True)
 
     # -- training -----------------------------------------------------------------------------
     def iterations_per_epoch(self) -> int:

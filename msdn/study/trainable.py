@@ -74,14 +74,15 @@ def placement() -> dict[str, str]:
     }
 
 
+def curve_lists(curve) -> dict[str, list[float]]:
+    """A CalibrationCurve as plain lists under CURVE_KEYS (results and summaries must be JSON)."""
+    return dict(zip(CURVE_KEYS, (curve.gammas.tolist(), curve.seen.tolist(), curve.unseen.tolist(),
+                                 curve.harmonic.tolist())))
+
+
 def report_metrics(metrics: dict[str, Any], curve) -> dict[str, Any]:
     """The dict a trial reports: scalar metrics plus the calibration curve as lists."""
-    out = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-    out.update(
-        curve_gamma=curve.gammas.tolist(), curve_S=curve.seen.tolist(),
-        curve_U=curve.unseen.tolist(), curve_H=curve.harmonic.tolist(),
-    )
-    return out
+    return {**{k: v for k, v in metrics.items() if isinstance(v, (int, float))}, **curve_lists(curve)}
 
 
 def train_msdn(config: dict[str, Any], *, data: DataSpec, base: dict[str, Any], study_seed: int) -> None:
@@ -128,6 +129,5 @@ def refit_and_test(base: dict[str, Any], best_params: dict[str, Any], epochs: in
     result = trainer.evaluate()
     summary = result.summary()
     summary.update(epochs=epochs, seed=seed, train_time=time.perf_counter() - start)
-    summary.update(curve_gamma=result.curve.gammas.tolist(), curve_S=result.curve.seen.tolist(),
-                   curve_U=result.curve.unseen.tolist(), curve_H=result.curve.harmonic.tolist())
+    summary.update(curve_lists(result.curve))
     return summary
