@@ -5,8 +5,9 @@
     .venv/bin/python benchmarks/bench_step.py --quick              # tiny shapes, a few seconds (tests)
 
 Each mode (float32, bf16 autocast) times, in the same run and interleaved repeat by repeat:
-  train  the step of `msdn.train.Trainer.train_step`: batch gather from float16 features, forward,
-         `msdn_loss`, backward, RMSprop step (same parameter groups and CUB hyper-parameters);
+  train  the Trainer's own step, `msdn.step.train_step` with the optimiser of `msdn.step.build_optimizer`
+         (CUB hyper-parameters; `amp` on in the bf16 mode): batch gather from float16 features,
+         forward, `msdn_loss`, backward, RMSprop step;
   eval   `msdn.evaluate.fused_scores` over the feature pool, no grad, `--eval-batch` images a chunk;
   ref    the device's matrix-multiply rate on the step's own big products, (B*R, C) @ (C, 4I) and
          its weight gradient (C, B*R) @ (B*R, 4I), in the mode's dtype.
@@ -33,10 +34,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from msdn.config import default_config  # noqa: E402
+from msdn.config import TrainConfig, default_config  # noqa: E402
+from msdn.device import resolve_device  # noqa: E402
 from msdn.evaluate import fused_scores  # noqa: E402
-from msdn.losses import msdn_loss  # noqa: E402
 from msdn.model import MSDN, training_flops  # noqa: E402
+from msdn.step import build_optimizer, train_step  # noqa: E402
 
 MODES = ("float32", "bf16-autocast")
 COLUMNS = (
@@ -162,24 +164,17 @@ def build_model(shapes: Shapes, device: torch.device, seed: int) -> MSDN:
     return model.to(device)
 
 
-def make_optimizer(model: MSDN, config) -> torch.optim.Optimizer:
-    """RMSprop with the Trainer's parameter groups and hyper-parameters."""
-    return torch.optim.RMSprop(
-        [
-            {"params": [model.V], "lr": config.lr * config.lr_v_factor},
-            {"params": [model.W_1, model.W_2, model.W_1_1, model.W_2_1], "lr": config.lr},
-        ],
-        lr=config.lr, alpha=config.rms_alpha, eps=config.rms_eps,
-        weight_decay=config.weight_decay, momentum=config.momentum,
-    )
+def mode_config(mode: str) -> TrainConfig:
+    """The CUB recipe; the bf16 mode is the Trainer's `amp` switch (bf16 autocast around the forward)."""
+    return default_config("cub", amp=mode == "bf16-autocast")
 
 
-def autocast(device: torch.device, mode: str):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=mode == "bf16-autocast")
+def autocast(device: torch.device, config: TrainConfig):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp)
 
 
 def run_mode(mode: str, shapes: Shapes, device: torch.device, args: argparse.Namespace) -> ModeResult:
-    config = default_config("cub")
+    config = mode_config(mode)
     gen = torch.Generator(device=device).manual_seed(args.seed)
     n_pool = max(args.eval_images, shapes.batch)
     # float16 region-major features, as the cache stores them, resident on the device
@@ -187,28 +182,18 @@ def run_mode(mode: str, shapes: Shapes, device: torch.device, args: argparse.Nam
     labels = torch.randint(0, shapes.n_seen, (n_pool,), device=device, generator=gen)
     eval_idx = np.arange(n_pool)
     model = build_model(shapes, device, args.seed)
-    optimizer = make_optimizer(model, config)
+    optimizer = build_optimizer(model, config)
 
-    def train_step() -> None:  # Trainer.train_step, line by line, with the batch drawn on the device
-        model.train()
+    def step() -> None:  # Trainer.train_step, with the batch drawn on the device instead of by the sampler
         idx = torch.randint(0, n_pool, (shapes.batch,), device=device, generator=gen)
-        features = pool[idx]
-        optimizer.zero_grad(set_to_none=True)
-        with autocast(device, mode):
-            output = model(features)
-        terms = msdn_loss(
-            output, labels[idx], model.class_margin, model.seen,
-            lambda_cal=config.lambda_cal, lambda_dis=config.lambda_dis, ce_over=config.ce_over,
-        )
-        terms.total.backward()
-        optimizer.step()
+        train_step(model, optimizer, pool[idx], labels[idx], config)
 
     def evaluate() -> None:
-        with autocast(device, mode):
+        with autocast(device, config):
             fused_scores(model, None, eval_idx, config.alpha, batch_size=args.eval_batch, device=device,
                          feature_cache=pool)
 
-    dtype = torch.bfloat16 if mode == "bf16-autocast" else torch.float32
+    dtype = torch.bfloat16 if config.amp else torch.float32
     rows, cols = shapes.batch * shapes.n_regions, 4 * shapes.n_att
     a = torch.randn(rows, shapes.n_channels, device=device, generator=gen).to(dtype)
     w = torch.randn(shapes.n_channels, cols, device=device, generator=gen).to(dtype)
@@ -219,23 +204,23 @@ def run_mode(mode: str, shapes: Shapes, device: torch.device, args: argparse.Nam
         torch.mm(a.t(), g)  # its weight gradient
 
     for _ in range(args.warmup):
-        train_step()
+        step()
         evaluate()
         reference()
     memory = PeakMemory(device)  # one call each, after warm-up: model, optimiser state and features resident
     memory.reset()
-    train_step()
+    step()
     peak_train = memory.peak_mib()
     memory.reset()
     evaluate()
     peak_eval = memory.peak_mib()
 
-    n_train = calls_for(time_calls(train_step, 1, device), args.min_time)
+    n_train = calls_for(time_calls(step, 1, device), args.min_time)
     n_eval = calls_for(time_calls(evaluate, 1, device), args.min_time)
     n_ref = calls_for(time_calls(reference, 1, device), args.min_time)
     step_times, eval_times, ref_times = [], [], []
     for _ in range(args.repeats):  # interleaved: a busy machine slows the step and its reference alike
-        step_times.append(time_calls(train_step, n_train, device))
+        step_times.append(time_calls(step, n_train, device))
         ref_times.append(time_calls(reference, n_ref, device))
         eval_times.append(time_calls(evaluate, n_eval, device))
 
@@ -284,14 +269,6 @@ def format_table(results: list[ModeResult]) -> str:
     return "\n".join(lines)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda: CUDA is not available on this machine")
-    return torch.device(name)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -319,7 +296,11 @@ def main(argv: list[str] | None = None) -> int:
         shapes = QUICK
         args.repeats, args.warmup, args.min_time = 2, 1, 0.0
         args.eval_images, args.eval_batch = min(args.eval_images, 16), min(args.eval_batch, 8)
-    device = resolve_device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(device_line(device))
     print(f"shapes: {shapes}; eval {args.eval_images} images, {args.eval_batch} a batch")
     print(f"training FLOPs per step (msdn.model.training_flops): {shapes.flops():.4g}; "

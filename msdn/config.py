@@ -11,9 +11,12 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import yaml
 
+# The dataset registry: every --dataset choice, and the benchmarks that come from real images.
 DATASETS = ("cub", "sun", "awa2", "synthetic")
+REAL_DATASETS = tuple(d for d in DATASETS if d != "synthetic")  # what msdn.prepare extracts from images
 PROTOCOLS = ("paper", "val")
 
 
@@ -82,6 +85,10 @@ class TrainConfig:
         if problems:
             raise ValueError("invalid training configuration: " + "; ".join(problems))
         return self
+
+    def gamma_grid(self) -> np.ndarray:
+        """The calibrated-stacking offsets swept at evaluation: gamma_steps values in [gamma_min, gamma_max]."""
+        return np.linspace(self.gamma_min, self.gamma_max, self.gamma_steps)
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)

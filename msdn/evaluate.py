@@ -19,15 +19,12 @@ import torch
 from torch import Tensor
 
 from .config import DATASETS, TrainConfig, default_config
-from .data import read_rows
+from .data import DataError, check_data_present, load_benchmark, make_split, read_rows
+from .device import resolve_device
 from .metrics import GZSLResult, gzsl_evaluate
 from .model import MSDN
 
 AUTHORS_KEYS = ("V", "W_1", "W_2", "W_1_1", "W_2_1", "att", "mask_bias", "bias")
-
-
-def gamma_grid(config: TrainConfig) -> np.ndarray:
-    return np.linspace(config.gamma_min, config.gamma_max, config.gamma_steps)
 
 
 @torch.no_grad()
@@ -149,10 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
 
-    from .data import DataError, check_data_present, load_benchmark, make_split
-    from .train import resolve_device
-
     try:
+        device = resolve_device(args.device)
         check_data_present(args.dataset, args.data_root)
         model, ckpt = load_checkpoint_model(args.checkpoint, default_config(args.dataset))
     except (DataError, FileNotFoundError, ValueError, KeyError) as exc:
@@ -172,11 +167,10 @@ def main(argv: list[str] | None = None) -> int:
               f"attributes; the {config.protocol} split of {args.dataset} has {len(split.class_ids)} classes and "
               f"{bench.att.shape[1]} attributes", file=sys.stderr)
         return 2
-    device = resolve_device(args.device)
     model.to(device)
     result = evaluate_model(
         model, bench.features, split.labels, split.eval_seen_idx, split.eval_unseen_idx,
-        alpha=config.alpha, gamma=config.gamma, gammas=gamma_grid(config), device=device,
+        alpha=config.alpha, gamma=config.gamma, gammas=config.gamma_grid(), device=device,
         batch_size=config.eval_batch_size,
     )
     summary = result.summary()

@@ -126,13 +126,27 @@ class GZSLResult:
     def H_best_gamma(self) -> float:
         return float(self.curve.harmonic[self.curve.best_index])
 
+    @property
+    def S_best_gamma(self) -> float:
+        return float(self.curve.seen[self.curve.best_index])
+
+    @property
+    def U_best_gamma(self) -> float:
+        return float(self.curve.unseen[self.curve.best_index])
+
     def summary(self) -> dict[str, float]:
-        i = self.curve.best_index
-        return {
-            "S": self.S, "U": self.U, "H": self.H, "zsl_acc": self.zsl_acc, "gamma": self.gamma,
-            "best_gamma": self.best_gamma, "H_best_gamma": self.H_best_gamma,
-            "S_best_gamma": float(self.curve.seen[i]), "U_best_gamma": float(self.curve.unseen[i]),
-        }
+        """The result as plain numbers, keyed (and ordered) by SUMMARY_KEYS."""
+        return {name: float(getattr(self, name)) for name in SUMMARY_KEYS}
+
+
+# The names of GZSLResult.summary(), written once here: the trainer reports them every epoch, and the
+# study derives its lists of metrics from these constants.
+SUMMARY_KEYS = ("S", "U", "H", "zsl_acc", "gamma", "best_gamma", "H_best_gamma", "S_best_gamma", "U_best_gamma")
+# The summary's scores: all of it but `gamma`, the configured offset (a setting, not a score).
+SCORE_KEYS = tuple(name for name in SUMMARY_KEYS if name != "gamma")
+# What a study reports for its best trial and for the refit on the test split: the scores at the
+# configured gamma, then the calibration curve's best H and the gamma that reaches it.
+HEADLINE_KEYS = ("S", "U", "H", "zsl_acc", "H_best_gamma", "best_gamma")
 
 
 def gzsl_evaluate(

@@ -15,17 +15,17 @@ DATA_ROOT/xlsa17/data/SYNTHETIC/{att_splits,res101}.mat, DATA_ROOT/w2v/SYNTHETIC
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import os
 import pickle
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from msdn.data import file_lock
+from .fsutil import atomic_path, file_lock
+from .progress import Progress
 
 NUM_CLASSES = 50
 NUM_SEEN = 40  # of which NUM_TRAIN are xlsa17-style train classes, the rest validation classes
@@ -199,12 +199,13 @@ def _mat_loc(idx: np.ndarray, n: int) -> np.ndarray:
     return (idx + 1).astype(np.uint16 if n < 2**16 else np.uint32).reshape(-1, 1)
 
 
-def _write_files(a: SyntheticArrays, paths: dict[str, Path], suffix: str) -> None:
+def _write_files(a: SyntheticArrays, paths: dict[str, Path]) -> None:
+    """Write every file of the benchmark to `paths` (the caller's temporary names)."""
     import h5py
     import scipy.io
 
     n = a.labels.size
-    with h5py.File(paths["hdf5"].with_name(paths["hdf5"].name + suffix), "w") as f:
+    with h5py.File(paths["hdf5"], "w") as f:
         f.create_dataset("feature_map", data=a.feature_map)
         f.create_dataset("labels", data=a.labels)
         for key in ("trainval_loc", "test_seen_loc", "test_unseen_loc"):
@@ -217,18 +218,17 @@ def _write_files(a: SyntheticArrays, paths: dict[str, Path], suffix: str) -> Non
         **{key: _mat_loc(getattr(a, key), n)
            for key in ("trainval_loc", "test_seen_loc", "test_unseen_loc", "train_loc", "val_loc")},
     }
-    with open(paths["att_splits"].with_name(paths["att_splits"].name + suffix), "wb") as fh:
+    with open(paths["att_splits"], "wb") as fh:
         scipy.io.savemat(fh, splits, format="5")
     res101 = {"labels": (a.labels + 1).astype(np.uint8 if NUM_CLASSES < 256 else np.uint16).reshape(-1, 1),
               "image_files": _mat_cell(a.image_files)}
-    with open(paths["res101"].with_name(paths["res101"].name + suffix), "wb") as fh:
+    with open(paths["res101"], "wb") as fh:
         scipy.io.savemat(fh, res101, format="5")
-    with open(paths["w2v"].with_name(paths["w2v"].name + suffix), "wb") as fh:
+    with open(paths["w2v"], "wb") as fh:
         pickle.dump(a.w2v_att, fh, protocol=3)
 
 
-def ensure_synthetic(data_root: str | Path, seed: int = 0,
-                     progress: Callable[[str], None] | None = print) -> Path:
+def ensure_synthetic(data_root: str | Path, seed: int = 0, progress: Progress = print) -> Path:
     """Write the synthetic benchmark for `seed` under data_root unless already complete; return DATA_ROOT/SYNTHETIC.
 
     Files are written under temporary names and renamed into place, then a marker is written last, so an
@@ -249,17 +249,10 @@ def ensure_synthetic(data_root: str | Path, seed: int = 0,
         if progress:
             progress(f"generating the synthetic benchmark (seed {seed}) under {root}")
         arrays = generate(seed)
-        suffix = f".tmp-{os.getpid()}"
-        try:
-            _write_files(arrays, paths, suffix)
-            for p in paths.values():
-                os.replace(p.with_name(p.name + suffix), p)
-        finally:
-            for p in paths.values():
-                p.with_name(p.name + suffix).unlink(missing_ok=True)
-        tmp_marker = _marker(root).with_name(MARKER + suffix)
-        tmp_marker.write_text(json.dumps({"seed": seed, "version": FORMAT_VERSION}))
-        os.replace(tmp_marker, _marker(root))
+        with contextlib.ExitStack() as stack:  # all files renamed into place only once all are written
+            _write_files(arrays, {key: stack.enter_context(atomic_path(p)) for key, p in paths.items()})
+        with atomic_path(_marker(root)) as tmp_marker:
+            tmp_marker.write_text(json.dumps({"seed": seed, "version": FORMAT_VERSION}))
         if progress:
             progress(f"synthetic benchmark: {arrays.labels.size} images, {NUM_CLASSES} classes "
                      f"({NUM_SEEN} seen = {NUM_TRAIN} train + {NUM_SEEN - NUM_TRAIN} val, "

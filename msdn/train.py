@@ -16,43 +16,34 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 
 from .config import DATASETS, FIELD_NAMES, TrainConfig, coerce_value, default_config, overrides_from_yaml
-from .data import read_rows
-from .evaluate import evaluate_model, gamma_grid
-from .losses import LossTerms, msdn_loss
+from .data import DataError, check_data_present, load_benchmark, make_split, read_rows
+from .device import resolve_device
+from .evaluate import evaluate_model
+from .fsutil import atomic_path
+from .losses import LossTerms
 from .metrics import GZSLResult
 from .model import MSDN
+from .progress import Progress, to_stderr
+from .step import build_optimizer, train_step
 
 CHECKPOINT_VERSION = 1
 # Keep the training features on the GPU when they take at most this share of its free memory.
 GPU_FEATURE_SHARE = 0.5
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine")
-    return device
-
-
 class Trainer:
     """One MSDN training run: model, optimiser, batch sampler, per-epoch evaluation, checkpoint state."""
 
-    def __init__(self, config: TrainConfig, bench=None, split=None, *, progress: Callable[[str], None] | None = print):
-        from .data import load_benchmark, make_split  # the data layer is only needed when none is passed in
-
+    def __init__(self, config: TrainConfig, bench=None, split=None, *, progress: Progress = print):
         self.config = config.validate()
         self.device = resolve_device(config.device)
         self.bench = bench if bench is not None else load_benchmark(config.dataset, config.data_root, progress=progress)
@@ -65,22 +56,14 @@ class Trainer:
             self.bench.w2v_att, self.split.att, self.split.seen, n_channels,
             normalize_v=config.normalize_v, margin=config.margin, generator=generator,
         ).to(self.device)
-        m = self.model
-        self.optimizer = torch.optim.RMSprop(
-            [
-                {"params": [m.V], "lr": config.lr * config.lr_v_factor},
-                {"params": [m.W_1, m.W_2, m.W_1_1, m.W_2_1], "lr": config.lr},
-            ],
-            lr=config.lr, alpha=config.rms_alpha, eps=config.rms_eps,
-            weight_decay=config.weight_decay, momentum=config.momentum,
-        )
+        self.optimizer = build_optimizer(self.model, config)
         self.rng = np.random.default_rng(config.seed)
         self.epoch = 0
         self.history: list[dict[str, Any]] = []
         self.last_result: GZSLResult | None = None
         self.train_idx = np.asarray(self.split.train_idx)
         self.labels = torch.as_tensor(self.split.labels, dtype=torch.long, device=self.device)
-        self.gammas = gamma_grid(config)
+        self.gammas = config.gamma_grid()
         self._by_class = self._train_images_by_class() if config.balanced_batches else None
         self.features_on_device = self._features_to_device()
 
@@ -120,20 +103,10 @@ class Trainer:
         return max(len(self.train_idx) // self.config.batch_size, 1)
 
     def train_step(self, idx: np.ndarray) -> LossTerms:
-        cfg = self.config
-        self.model.train()
+        """Gather the batch `idx` and take one step (`msdn.step.train_step`, shared with the benchmark)."""
         features = self.batch_features(idx)
         labels = self.labels[torch.as_tensor(idx, device=self.device)]
-        self.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
-            output = self.model(features)
-        terms = msdn_loss(
-            output, labels, self.model.class_margin, self.model.seen,
-            lambda_cal=cfg.lambda_cal, lambda_dis=cfg.lambda_dis, ce_over=cfg.ce_over,
-        )
-        terms.total.backward()
-        self.optimizer.step()
-        return terms
+        return train_step(self.model, self.optimizer, features, labels, self.config)
 
     def train_epoch(self) -> dict[str, float]:
         sums = torch.zeros(4, device=self.device)
@@ -197,14 +170,8 @@ class Trainer:
         """Write a checkpoint atomically (a crash mid-write never leaves a truncated file)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:
             torch.save({**self.state_dict(), **extra}, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
 
     def load(self, path: str | Path) -> dict[str, Any]:
         state = torch.load(path, map_location=self.device, weights_only=True)
@@ -253,17 +220,16 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .data import DataError, check_data_present
-
     try:
         config = config_from_args(args)
+        resolve_device(config.device)  # a bad --device is a usage error (exit 2), found before any data work
         check_data_present(config.dataset, config.data_root)
         if args.resume and not args.checkpoint:
             raise ValueError("--resume needs --checkpoint PATH (the file to continue from)")
     except (ValueError, FileNotFoundError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    say = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
+    say = to_stderr if args.json else print
     trainer = Trainer(config, progress=say)
     if args.resume and Path(args.checkpoint).is_file():
         trainer.load(args.checkpoint)

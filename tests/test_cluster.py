@@ -34,18 +34,20 @@ def cluster(tmp_path):
 
 
 @pytest.fixture
-def shared_data(tmp_path):
-    """The data root on a path every node sees (one machine: the same filesystem)."""
-    from msdn.synthetic import ensure_synthetic
-
-    root = tmp_path / "shared" / "data"
-    ensure_synthetic(root, progress=None)
-    return root
+def shared_data(synthetic_root):
+    """The data root on a path every node sees (one machine: the same filesystem); the session's, read only."""
+    return synthetic_root
 
 
-def study_command(cluster: LoopbackCluster, data_root: Path, *extra: str) -> list[str]:
+@pytest.fixture
+def shared_results(tmp_path) -> Path:
+    """This test's --storage-path, also on a path every node sees."""
+    return tmp_path / "shared" / "results"
+
+
+def study_command(cluster: LoopbackCluster, data_root: Path, results: Path, *extra: str) -> list[str]:
     return ["python", "tune/run.py", "--dataset", "synthetic", "--address", "auto", "--data-root", str(data_root),
-            "--storage-path", str(data_root.parent / "results"), "--mlflow-uri", cluster.mlflow_uri, *extra]
+            "--storage-path", str(results), "--mlflow-uri", cluster.mlflow_uri, *extra]
 
 
 def runs(cluster: LoopbackCluster):
@@ -60,10 +62,11 @@ def runs(cluster: LoopbackCluster):
     return client, parents, children
 
 
-def test_study_submitted_as_a_ray_job_uses_both_nodes(cluster, shared_data):
+def test_study_submitted_as_a_ray_job_uses_both_nodes(cluster, shared_data, shared_results):
     nodes = {n["id"] for n in cluster.alive_nodes()}
     assert len(nodes) == 2
-    out = cluster.submit(REPO, study_command(cluster, shared_data, "--num-samples", "4", "--max-epochs", "3"))
+    out = cluster.submit(REPO, study_command(cluster, shared_data, shared_results, "--num-samples", "4",
+                                             "--max-epochs", "3"))
     logs = out.stdout + out.stderr
     assert out.returncode == 0 and "succeeded" in logs, logs[-4000:]
     assert "cluster of 2 nodes: storage and data reachable from every node" in logs
@@ -76,7 +79,7 @@ def test_study_submitted_as_a_ray_job_uses_both_nodes(cluster, shared_data):
     used = {c.data.tags["placement.node_id"] for c in children}
     assert used == nodes, f"trials ran on {used}, the cluster has {nodes}"
     # trials never reached the tracking server themselves: only the driver's host is in its access log
-    assert (shared_data.parent / "results" / EXPERIMENT / "tuner.pkl").is_file()
+    assert (shared_results / EXPERIMENT / "tuner.pkl").is_file()
 
 
 def test_node_local_storage_is_refused_on_a_multi_node_cluster(cluster, shared_data, tmp_path):
@@ -89,7 +92,7 @@ def test_node_local_storage_is_refused_on_a_multi_node_cluster(cluster, shared_d
     assert "is local to the driver's node" in logs and "shared filesystem" in logs
 
 
-def test_study_survives_losing_the_worker_node(cluster, shared_data, tmp_path):
+def test_study_survives_losing_the_worker_node(cluster, shared_data, shared_results, tmp_path):
     worker = next(n["id"] for n in cluster.alive_nodes() if "worker_node" in n["resources"])
     # Trials long enough (30 epochs, no early stop) that the one on the worker is still training when it dies.
     space = tmp_path / "long_trials.yaml"
@@ -102,7 +105,7 @@ def test_study_survives_losing_the_worker_node(cluster, shared_data, tmp_path):
     submit = subprocess.run(
         [str(BIN / "ray"), "job", "submit", "--no-wait", "--submission-id", job_id, "--address", cluster.dashboard,
          "--working-dir", str(REPO), "--",
-         *study_command(cluster, shared_data, "--search-space", str(space), "--num-samples", "3",
+         *study_command(cluster, shared_data, shared_results, "--search-space", str(space), "--num-samples", "3",
                         "--max-concurrent", "2", "--max-failures", "2")],
         env=cluster.env, capture_output=True, text=True, timeout=300, cwd=REPO,
     )
@@ -141,6 +144,6 @@ def test_study_survives_losing_the_worker_node(cluster, shared_data, tmp_path):
     assert int(hit.data.tags.get("retries", "0")) >= 1, hit.data.tags
     assert hit.data.tags["trial_state"] == "completed" and hit.data.tags["epochs_trained"] == "30"
     assert hit.data.tags["placement.node_id"] != worker
-    local = client.download_artifacts(parents[0].info.run_id, "study_summary.json", str(shared_data.parent))
+    local = client.download_artifacts(parents[0].info.run_id, "study_summary.json", str(tmp_path))
     summary = json.loads(Path(local).read_text())
     assert len(summary["trials"]) == 3

@@ -1,4 +1,4 @@
-"""Tests for msdn/data.py: loaders on files written in the exact on-disk formats, the real xlsa17 split
+"""Tests for msdn/data/: loaders on files written in the exact on-disk formats, the real xlsa17 split
 files (../shared/realdata), the restricted unpickler, every DataError case and the float16 cache."""
 from __future__ import annotations
 

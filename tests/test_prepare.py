@@ -1,4 +1,4 @@
-"""Tests for msdn/prepare.py: tiny image folders in each dataset's layout, random weights, 64 px images."""
+"""Tests for msdn/prepare/: tiny image folders in each dataset's layout, random weights, 64 px images."""
 from __future__ import annotations
 
 import os
@@ -92,7 +92,7 @@ def cli(dataset: str, d: dict[str, Path], out: Path, *extra: str) -> list[str]:
 
 def run_prepare(argv: list[str], messages: list[str] | None = None) -> Path:
     say = messages.append if messages is not None else (lambda _m: None)
-    return prepare.main(prepare.build_parser().parse_args(argv), say=say)
+    return prepare.main(prepare.build_parser().parse_args(argv), progress=say)
 
 
 def read_h5(path: Path) -> dict[str, np.ndarray]:

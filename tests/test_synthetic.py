@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import h5py
@@ -16,22 +15,23 @@ from msdn import synthetic
 from msdn.data import benchmark_paths, load_benchmark, load_numpy_pickle, make_split
 
 
-@pytest.fixture(scope="module")
-def root(tmp_path_factory) -> tuple[Path, float]:
-    """One generated benchmark (seed 0) for the module, and how long it took."""
-    path = tmp_path_factory.mktemp("synthetic")
-    start = time.perf_counter()
-    synthetic.ensure_synthetic(path, seed=0, progress=None)
-    return path, time.perf_counter() - start
+@pytest.fixture
+def root(synthetic_root) -> Path:
+    """The session's generated benchmark (seed 0, tests/conftest.py); read only."""
+    return synthetic_root
 
 
-def test_generation_is_fast(root):
-    assert root[1] < 10.0
+def test_small_enough_to_generate_in_seconds(root):
+    """Its size is what keeps generation, and every test that trains on it, fast: ~3000 maps of 256 x 7 x 7."""
+    p = benchmark_paths("synthetic", root)
+    with h5py.File(p.hdf5, "r") as f:
+        n, *map_shape = f["feature_map"].shape
+    assert n <= synthetic.NUM_CLASSES * synthetic.IMAGES_PER_CLASS[1] and map_shape == [256, 7, 7]
+    assert p.hdf5.stat().st_size < 1.1 * n * 256 * 7 * 7 * 4  # the float32 maps and little else
 
 
 def test_files_in_the_real_formats(root):
-    path = root[0]
-    p = benchmark_paths("synthetic", path)
+    p = benchmark_paths("synthetic", root)
     with h5py.File(p.hdf5, "r") as f:
         assert f["feature_map"].dtype == np.float32 and f["feature_map"].shape[1:] == (256, 7, 7)
         n = f["feature_map"].shape[0]
@@ -48,7 +48,7 @@ def test_files_in_the_real_formats(root):
 
 
 def test_loaders_read_it(root):
-    b = load_benchmark("synthetic", root[0], progress=None)
+    b = load_benchmark("synthetic", root, progress=None)
     assert b.features.shape[1:] == (49, 256) and b.att.shape == (50, 64) and 2500 < b.labels.size < 3500
     paper = make_split(b, "paper")
     assert (int(paper.seen.sum()), int((~paper.seen).sum())) == (40, 10)
@@ -58,7 +58,7 @@ def test_loaders_read_it(root):
 
 def test_deterministic_for_a_seed(root, tmp_path):
     synthetic.ensure_synthetic(tmp_path, seed=0, progress=None)
-    a, b = benchmark_paths("synthetic", root[0]), benchmark_paths("synthetic", tmp_path)
+    a, b = benchmark_paths("synthetic", root), benchmark_paths("synthetic", tmp_path)
     with h5py.File(a.hdf5, "r") as fa, h5py.File(b.hdf5, "r") as fb:
         assert sorted(fa) == sorted(fb)
         for key in fa:
@@ -89,7 +89,7 @@ def test_complete_set_is_reused_and_half_written_set_regenerated(root, tmp_path)
 def test_learnable_but_not_trivial(root):
     """A linear attribute regressor on mean-pooled regions recognises unseen classes far above chance,
     and even a supervised linear classifier does not solve the seen classes."""
-    b = load_benchmark("synthetic", root[0], progress=None)
+    b = load_benchmark("synthetic", root, progress=None)
     s = make_split(b, "paper")
     x = np.asarray(b.features, dtype=np.float32).mean(1)
     x /= np.linalg.norm(x, axis=1, keepdims=True)

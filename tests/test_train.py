@@ -10,18 +10,15 @@ import torch
 
 from msdn.config import default_config, overrides_from_yaml
 from msdn.data import load_benchmark, make_split
-from msdn.synthetic import ensure_synthetic
 from msdn.train import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def synthetic(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    ensure_synthetic(root, progress=None)
-    bench = load_benchmark("synthetic", root, progress=None)
-    return root, bench
+def synthetic(synthetic_root):
+    """The session's synthetic data root and its opened benchmark (the cache is already built)."""
+    return synthetic_root, load_benchmark("synthetic", synthetic_root, progress=None)
 
 
 def test_training_learns_and_beats_chance(synthetic):

@@ -5,7 +5,7 @@
     python tune/run.py --dataset cub --resume                   # continue an interrupted study
     mlflow ui --backend-store-uri sqlite:///mlflow.db           # compare the trials side by side
 
-Only flags are parsed here; the study itself lives in `msdn.study.runner`.
+Only flags are parsed here; the study itself lives in `msdn.study.runner` (options in `msdn.study.options`).
 """
 from __future__ import annotations
 
@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from msdn.data import DataError
-    from msdn.study.runner import StudyError, StudyFailed, StudyOptions, run_study
+    from msdn.study.options import StudyError, StudyFailed, StudyOptions
+    from msdn.study.runner import run_study
     from msdn.study.search_space import SearchSpaceError
     from msdn.study.tracking import TrackingError
 

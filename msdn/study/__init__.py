@@ -1,5 +1,15 @@
 """The study wiring: the only part of msdn that knows Ray Tune, Optuna and MLflow exist.
 
-`msdn.study.search_space` reads and validates the search space files in search_spaces/*.yaml.
+    search_space.py  the YAML search space files: parser and validation
+    options.py       StudyOptions, their validation (resolve_options), StudyError / StudyFailed
+    cluster.py       Ray: connecting, trial resources, per-node storage and data checks
+    trainable.py     one trial: a Trainer driven epoch by epoch, reporting to Tune
+    runner.py        run_study: the study from start to end (build_tuner, fit, refit, report)
+    refit.py         the best configuration retrained on trainval and tested once
+    results.py       TrialSummary, RefitResult, StudyResult; the trial-state rule; the best trial
+    report.py        the printed header, top-trials table and end lines; the summary file
+    plots.py         the parent run's PNG plots
+    tracking/        MLflow: the store, the per-trial callback, the parent run
+
 Submodules are imported explicitly, so importing this package stays cheap for Ray workers.
 """

@@ -1,4 +1,7 @@
-"""PNG plots for a study's parent run: the calibration curve and the optimisation history."""
+"""PNG plots for a study's parent run: the calibration curve and the optimisation history.
+
+`study_plots` and `refit_plot` choose what to draw from a study's results; the `plot_*` functions draw.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,6 +12,9 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display on cluster nodes
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from msdn.study.results import STOPPED_EARLY, RefitResult, TrialSummary  # noqa: E402
+from msdn.study.trainable import CURVE_KEYS  # noqa: E402
 
 
 def _finish(fig, ax, path: Path, *, xlabel: str, ylabel: str, title: str) -> Path:
@@ -50,3 +56,32 @@ def plot_optimisation_history(values: Sequence[float], path: Path, *, metric: st
     running = np.fmax.accumulate(v) if mode == "max" else np.fmin.accumulate(v)
     ax.step(x, running, where="post", color="black", label="best so far")
     return _finish(fig, ax, path, xlabel="trial", ylabel=metric, title=title)
+
+
+def study_plots(folder: Path, trials: Sequence[TrialSummary], best: TrialSummary, *, metric: str, mode: str,
+                dataset: str, experiment: str, protocol: str) -> list[Path]:
+    """The best trial's calibration curve at its best epoch, and the optimisation history of all trials."""
+    b = best.best
+    paths = []
+    if all(isinstance(b.get(k), (list, tuple)) for k in CURVE_KEYS):
+        split = "validation" if protocol == "val" else "test"
+        paths.append(plot_calibration_curve(
+            *(b[k] for k in CURVE_KEYS), folder / "calibration_curve_best_trial.png",
+            title=f"{dataset}: best trial, epoch {best.best_epoch} ({split} split)",
+            chosen_gamma=float(best.params.get("gamma", b.get("gamma", 2.0))),
+        ))
+    ordered = [t for t in trials if t.best is not None]
+    if ordered:
+        paths.append(plot_optimisation_history(
+            [t.best[metric] for t in ordered], folder / "optimisation_history.png",
+            metric=metric, mode=mode, title=f"{experiment}: {len(ordered)} trials",
+            stopped_early=[t.state == STOPPED_EARLY for t in ordered],
+        ))
+    return paths
+
+
+def refit_plot(folder: Path, refit: RefitResult, dataset: str) -> Path:
+    """The refit's calibration curve on the test split (for reading; nothing is selected on it)."""
+    return plot_calibration_curve(*(refit.curve[k] for k in CURVE_KEYS), folder / "calibration_curve_refit_test.png",
+                                  title=f"{dataset}: refit on trainval, test split (for reading, not selection)",
+                                  chosen_gamma=refit.metrics["gamma"])

@@ -11,6 +11,10 @@ can make in it is reported here, naming the file and the dotted key, before any 
     space.initial_points("cub")   # [{"lr": 1e-4, ...}]  the authors' configuration first
 
 Only this module's ``tune_param_space`` imports Ray, so the parser stays cheap to import.
+
+It is one module on purpose, although longer than most: its one job is the format, and the format's
+sections (asha, searcher, fixed, params, points) share one set of checks and error helpers; read top
+to bottom, it is the format's reference. Split it when a second format or a second consumer appears.
 """
 from __future__ import annotations
 
@@ -23,12 +27,15 @@ from typing import Any, Mapping
 import yaml
 
 from msdn.config import DATASETS, FIELD_NAMES, TrainConfig, coerce_value, default_config
+from msdn.metrics import SCORE_KEYS
 
-# Metrics each trial reports after every epoch, with the direction in which they improve.
+# The losses msdn.train.Trainer reports after every epoch (its loss terms).
+LOSS_METRICS = ("loss", "loss_ce", "loss_cal", "loss_dis")
+# Metrics each trial reports after every epoch, with the direction in which they improve: the
+# GZSL scores (H first, the usual choice, as error messages list them) and the losses.
 METRICS: dict[str, str] = {
-    "H": "max", "S": "max", "U": "max", "zsl_acc": "max",
-    "H_best_gamma": "max", "S_best_gamma": "max", "U_best_gamma": "max", "best_gamma": "max",
-    "loss": "min", "loss_ce": "min", "loss_cal": "min", "loss_dis": "min",
+    **{name: "max" for name in ("H",) + SCORE_KEYS},
+    **{name: "min" for name in LOSS_METRICS},
 }
 DISTRIBUTIONS = ("loguniform", "uniform", "int", "logint", "choice")
 LOG_DISTRIBUTIONS = ("loguniform", "logint")
@@ -60,7 +67,6 @@ REQUIRED_KEYS = ("metric", "mode", "asha", "params")
 OPTIONAL_KEYS = ("dataset", "searcher", "fixed")
 ASHA_KEYS = ("max_t", "grace_period", "reduction_factor")
 SEARCHER_KEYS = ("seed", "start_from_defaults", "points_to_evaluate")
-PARAM_KEYS = ("distribution", "low", "high", "values")
 
 
 class SearchSpaceError(ValueError):

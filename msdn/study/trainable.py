@@ -111,23 +111,3 @@ def train_msdn(config: dict[str, Any], *, data: DataSpec, base: dict[str, Any], 
             trainer.save(Path(directory) / CHECKPOINT_FILE, trial_id=context.get_trial_id())
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(directory))
 
-
-def refit_and_test(base: dict[str, Any], best_params: dict[str, Any], epochs: int, seed: int, data: DataSpec) -> dict[str, Any]:
-    """Retrain the chosen configuration on trainval for `epochs` epochs; evaluate ONCE on the test split."""
-    import time
-
-    from msdn.data import load_benchmark, make_split
-    from msdn.train import Trainer
-
-    cfg = on_this_worker(trial_config(base, best_params, seed).replace(protocol="paper", epochs=epochs))
-    bench = load_benchmark(data.dataset, data.data_root, progress=None)
-    split = make_split(bench, "paper")
-    trainer = Trainer(cfg, bench, split, progress=None)
-    start = time.perf_counter()
-    for _ in range(epochs):
-        trainer.train_epoch()
-    result = trainer.evaluate()
-    summary = result.summary()
-    summary.update(epochs=epochs, seed=seed, train_time=time.perf_counter() - start)
-    summary.update(curve_lists(result.curve))
-    return summary

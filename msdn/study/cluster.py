@@ -1,0 +1,129 @@
+"""The Ray side of a study: connecting, sizing trials, and checking every node before trials start.
+
+On a multi-node cluster, Tune's storage and the data root must be reachable from every node;
+`check_cluster_storage_and_data` proves it (a probe file, a data load per node) and builds each
+node's feature cache once, so a misconfigured cluster fails in seconds with a message saying why.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from msdn.progress import Progress
+from msdn.study.options import StudyError, StudyOptions, is_uri
+
+
+def connect_ray(address: str | None) -> None:
+    """Join the cluster at `address`, or start a local Ray when it is None (once per process)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(include_dashboard=False, log_to_driver=True)
+
+
+def trial_resources(opts: StudyOptions) -> dict[str, float]:
+    """CPU and GPU share of one trial: the flags, or one GPU per trial when the cluster has GPUs."""
+    import ray
+
+    gpus_available = ray.cluster_resources().get("GPU", 0)
+    gpus = opts.gpus_per_trial if opts.gpus_per_trial is not None else (1.0 if gpus_available else 0.0)
+    if gpus > 0 and not gpus_available:
+        raise StudyError(f"--gpus-per-trial {gpus}: the Ray cluster has no GPUs")
+    return {"cpu": opts.cpus_per_trial, "gpu": gpus}
+
+
+def default_concurrency(resources: dict[str, float]) -> int:
+    """How many trials of `resources` the whole cluster holds at once (at least one)."""
+    import ray
+
+    total = ray.cluster_resources()
+    fit = int(total.get("CPU", 1) // resources["cpu"])
+    if resources["gpu"] > 0:
+        fit = min(fit, int(total.get("GPU", 0) // resources["gpu"]))
+    return max(fit, 1)
+
+
+def _on_every_node(fn: Callable, *args) -> dict[str, Any]:
+    """Run `fn(*args)` once on each alive node; returns {node id: result or the exception}."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0]
+    remote = ray.remote(num_cpus=0)(fn)
+    refs = {node: remote.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(*args)
+            for node in nodes}
+    out = {}
+    for node, ref in refs.items():
+        try:
+            out[node] = ray.get(ref)
+        except Exception as exc:  # a node that cannot do it is reported, not fatal here
+            out[node] = exc
+    return out
+
+
+def _probe_exists(path: str) -> bool:
+    return Path(path).is_file()
+
+
+def _prepare_node_data(dataset: str, data_root: str) -> str:
+    """Validate the data and build (once, under the cache's file lock) the memory-mapped cache on this node."""
+    import socket
+
+    from msdn.data import load_benchmark
+
+    bench = load_benchmark(dataset, data_root, progress=None)
+    return f"{socket.gethostname()}: {bench.features.shape[0]} images"
+
+
+def check_cluster_storage_and_data(opts: StudyOptions, progress: Progress = print) -> None:
+    """On a multi-node cluster, refuse node-local storage and make sure every node has the data."""
+    import uuid
+
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) < 2:
+        return
+    if not is_uri(opts.storage_path):
+        probe = Path(opts.storage_path) / f".msdn-storage-probe-{uuid.uuid4().hex}"
+        probe.parent.mkdir(parents=True, exist_ok=True)
+        probe.write_text("written by the study driver; every node must see this file\n")
+        try:
+            seen = _on_every_node(_probe_exists, str(probe))
+        finally:
+            probe.unlink(missing_ok=True)
+        blind = [node[:12] for node, ok in seen.items() if ok is not True]
+        if blind:
+            raise StudyError(
+                f"--storage-path {opts.storage_path} is local to the driver's node: {len(blind)} of {len(seen)} "
+                f"nodes of this {len(nodes)}-node cluster cannot see it (node ids {', '.join(blind)}). Tune keeps "
+                f"results and checkpoints there, so every node must reach it: expected a shared filesystem "
+                f"path mounted at the same place on every node (NFS, EFS, a Kubernetes volume), or an "
+                f"s3:// / gs:// URI."
+            )
+    results = _on_every_node(_prepare_node_data, opts.dataset, opts.data_root)
+    failed = {node[:12]: str(r) for node, r in results.items() if isinstance(r, Exception)}
+    if failed:
+        first = next(iter(failed.items()))
+        raise StudyError(
+            f"--data-root {opts.data_root}: {len(failed)} of {len(results)} nodes cannot load the {opts.dataset} "
+            f"data (node {first[0]}: {first[1]}). Expected the data root on a filesystem every node mounts at the "
+            f"same path; each node builds or reuses the float16 cache there under a file lock."
+        )
+    if progress:
+        progress(f"cluster of {len(nodes)} nodes: storage and data reachable from every node "
+                 f"({'; '.join(str(r) for r in results.values())})")
+
+
+def cluster_tags() -> dict[str, str]:
+    """The cluster a study ran on, for the parent run's tags: alive nodes, CPUs, GPUs."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    resources = ray.cluster_resources()
+    return {"ray.nodes": str(len(nodes)), "ray.cpus": str(resources.get("CPU", 0)),
+            "ray.gpus": str(resources.get("GPU", 0))}

@@ -1,0 +1,191 @@
+"""The MLflow callback's bookkeeping, driven by hand: a real SQLite store, fake trials, no Ray study.
+
+Tune calls the callback's hooks; here the tests call them in the orders Tune does (start, results,
+complete / error / recover, a resumed driver) and read the store back.
+"""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+
+from msdn.study import tracking
+
+MAX_EPOCHS = 3
+
+
+class FakeTrial:
+    """What the callback reads from a Tune trial."""
+
+    def __init__(self, trial_id: str, config: dict, error_file: str | None = None) -> None:
+        self.trial_id = trial_id
+        self.config = config
+        self.last_result: dict = {}
+        self.error_file = error_file
+
+    def __str__(self) -> str:
+        return f"train_msdn_{self.trial_id}"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> tuple[str, str]:
+    """One SQLite store for the module (creating one takes seconds); artifacts under the same folder."""
+    folder = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    experiment_id = tracking.client(uri).create_experiment("test", artifact_location=(folder / "artifacts").as_uri())
+    return uri, experiment_id
+
+
+@pytest.fixture
+def study(store, request):
+    """A fresh parent run in the shared store; returns (uri, experiment id, parent run id)."""
+    uri, experiment_id = store
+    parent = tracking.client(uri).create_run(experiment_id, run_name=request.node.name,
+                                             tags={tracking.STUDY_TAG: "parent"})
+    return uri, experiment_id, parent.info.run_id
+
+
+def callback(study) -> tracking.MLflowStudyCallback:
+    uri, experiment_id, parent_run_id = study
+    return tracking.MLflowStudyCallback(uri, experiment_id, parent_run_id, MAX_EPOCHS,
+                                        tags={tracking.STUDY_TAG: "trial", "dataset": "synthetic"})
+
+
+def report(cb: tracking.MLflowStudyCallback, trial: FakeTrial, epoch: int) -> None:
+    """One epoch's result as a trial reports it: metrics, settings, the curve, placement, Tune bookkeeping."""
+    result = {
+        "training_iteration": epoch, "epoch": epoch, "S": 0.5 + epoch / 100, "U": 0.4, "H": 0.1 * epoch,
+        "zsl_acc": 0.6, "loss": 1.0 / epoch, "gamma": 2.0, "trial_seed": 7, "done": False,
+        "time_this_iter_s": 0.1, "curve_H": [0.1, 0.2], "config": dict(trial.config),
+        "placement_host": "node-a", "placement_node_id": "abc", "placement_gpu_ids": "none",
+    }
+    trial.last_result = result
+    cb.on_trial_result(0, [], trial, result)
+
+
+def children(study) -> dict:
+    """The parent's child runs by their trial_id tag."""
+    uri, experiment_id, parent_run_id = study
+    return {r.data.tags[tracking.TRIAL_ID_TAG]: r for r in tracking.child_runs(uri, experiment_id, parent_run_id)}
+
+
+def steps(study, run, metric: str = "H") -> list[int]:
+    return sorted(m.step for m in tracking.client(study[0]).get_metric_history(run.info.run_id, metric))
+
+
+def test_one_child_run_per_trial_with_params_metrics_and_final_state(study):
+    cb = callback(study)
+    full, early = FakeTrial("t1", {"lr": 5e-4, "momentum": 0.9}), FakeTrial("t2", {"lr": 1e-3, "momentum": 0.0})
+    for trial in (full, early):
+        cb.on_trial_start(0, [], trial)
+    for epoch in range(1, MAX_EPOCHS + 1):
+        report(cb, full, epoch)
+    report(cb, early, 1)
+    cb.on_trial_complete(0, [], early)  # ASHA stopped it after one epoch
+    cb.on_trial_complete(0, [], full)
+
+    runs = children(study)
+    assert set(runs) == {"t1", "t2"}
+    for trial_id, run in runs.items():
+        assert run.data.tags[tracking.PARENT_TAG] == study[2]
+        assert run.data.tags[tracking.STUDY_TAG] == "trial" and run.data.tags["dataset"] == "synthetic"
+        assert run.info.status == "FINISHED"
+        assert run.info.run_name == f"train_msdn_{trial_id}"
+        assert run.data.tags["placement.host"] == "node-a" and run.data.tags["placement.node_id"] == "abc"
+    t1, t2 = runs["t1"], runs["t2"]
+    assert t1.data.params == {"lr": "0.0005", "momentum": "0.9"}
+    assert (t1.data.tags["trial_state"], t1.data.tags["epochs_trained"]) == ("completed", "3")
+    assert (t2.data.tags["trial_state"], t2.data.tags["epochs_trained"]) == ("stopped_early", "1")
+    assert steps(study, t1) == [1, 2, 3] and steps(study, t1, "loss") == [1, 2, 3]
+    assert steps(study, t2) == [1]
+    # settings, curves, placement and Tune's bookkeeping are not metrics of the model
+    assert set(t1.data.metrics) == {"S", "U", "H", "zsl_acc", "loss"}
+
+
+def test_resumed_driver_continues_each_trials_run_without_repeating_epochs(study):
+    first = callback(study)
+    trial = FakeTrial("t1", {"lr": 5e-4})
+    first.on_trial_start(0, [], trial)
+    report(first, trial, 1)
+    report(first, trial, 2)
+    # the driver dies; a new one restores the pickled callback (Tune keeps it with the experiment)
+    resumed = pickle.loads(pickle.dumps(first))
+    assert resumed._runs == {} and resumed._client is None
+    resumed.on_trial_start(0, [], trial)
+    for epoch in (1, 2, 3):  # Tune re-sends the results after the last checkpoint
+        report(resumed, trial, epoch)
+    resumed.on_trial_complete(0, [], trial)
+
+    runs = children(study)
+    assert list(runs) == ["t1"]  # the same run, not a second one
+    assert steps(study, runs["t1"]) == [1, 2, 3]
+    assert runs["t1"].data.tags["trial_state"] == "completed" and runs["t1"].info.status == "FINISHED"
+
+
+def test_errored_trial_fails_its_run_with_the_error(study, tmp_path):
+    error_file = tmp_path / "error.txt"
+    error_file.write_text("Traceback ...\nRuntimeError: training diverged\n")
+    cb = callback(study)
+    trial = FakeTrial("t1", {"lr": 1.0}, error_file=str(error_file))
+    cb.on_trial_start(0, [], trial)
+    report(cb, trial, 1)
+    cb.on_trial_error(0, [], trial)
+
+    run = children(study)["t1"]
+    assert run.info.status == "FAILED" and run.data.tags["trial_state"] == "errored"
+    assert "training diverged" in run.data.tags["error"]
+    artifacts = [a.path for a in tracking.client(study[0]).list_artifacts(run.info.run_id)]
+    assert artifacts == ["error.txt"]
+
+
+def test_recovered_trial_counts_retries_and_keeps_its_run(study, tmp_path):
+    error_file = tmp_path / "error.txt"
+    error_file.write_text("the node died\n")
+    cb = callback(study)
+    trial = FakeTrial("t1", {"lr": 5e-4}, error_file=str(error_file))
+    cb.on_trial_start(0, [], trial)
+    report(cb, trial, 1)
+    cb.on_trial_recover(0, [], trial)
+    run = children(study)["t1"]
+    assert run.data.tags["trial_state"] == "retrying" and run.data.tags["retries"] == "1"
+    assert run.data.tags["retry_1_error"] == "the node died\n"
+
+    cb.on_trial_recover(0, [], trial)
+    assert children(study)["t1"].data.tags["retries"] == "2"
+    cb.on_trial_start(0, [], trial)  # restarted, perhaps on another node: placement is recorded again
+    report(cb, trial, 2)
+    cb.on_trial_complete(0, [], trial)
+    runs = children(study)
+    assert list(runs) == ["t1"] and runs["t1"].data.tags["trial_state"] == "stopped_early"
+    assert steps(study, runs["t1"]) == [1, 2]
+
+
+def test_close_open_runs_ends_only_unfinished_trials(study):
+    cb = callback(study)
+    done, running = FakeTrial("t1", {"lr": 5e-4}), FakeTrial("t2", {"lr": 1e-3})
+    for trial in (done, running):
+        cb.on_trial_start(0, [], trial)
+        report(cb, trial, 1)
+    cb.on_trial_complete(0, [], done)
+
+    assert cb.close_open_runs("KILLED") == 1
+    runs = children(study)
+    assert runs["t1"].info.status == "FINISHED" and runs["t1"].data.tags["trial_state"] == "stopped_early"
+    assert runs["t2"].info.status == "KILLED" and runs["t2"].data.tags["trial_state"] == "interrupted"
+    assert cb.close_open_runs("KILLED") == 0  # nothing left open
+
+
+def test_scalar_metrics_keeps_finite_numbers_of_the_model_only():
+    result = {"H": 0.5, "loss": float("nan"), "S": True, "U": "0.3", "gamma": 2.0, "trial_seed": 3,
+              "training_iteration": 2, "curve_H": [0.1], "placement_host": "x", "config/lr": 0.1, "zsl_acc": 1}
+    assert tracking.scalar_metrics(result) == {"H": 0.5, "zsl_acc": 1.0}
+
+
+def test_tracking_uri_checks(tmp_path):
+    tracking.check_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with pytest.raises(tracking.TrackingError, match="does not exist"):
+        tracking.check_tracking_uri(f"sqlite:///{tmp_path / 'missing' / 'mlflow.db'}")
+    with pytest.raises(tracking.TrackingError, match="expected sqlite"):
+        tracking.check_tracking_uri("ftp://host/x")
+    assert tracking.default_tracking_uri(tmp_path) == f"sqlite:///{Path(tmp_path).resolve() / 'mlflow.db'}"
