@@ -7,12 +7,16 @@ recipe with fewer epochs. A config can be overridden from a YAML file and from t
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import yaml
+
+from .cli import UsageError
 
 # The dataset registry: every --dataset choice, and the benchmarks that come from real images.
 DATASETS = ("cub", "sun", "awa2", "synthetic")
@@ -59,31 +63,44 @@ class TrainConfig:
     amp: bool = False  # bf16 autocast for the training step (GPU or CPU; ~2.3x on an AVX-512 bf16 CPU)
 
     def validate(self) -> "TrainConfig":
-        """Raise ValueError with the offending field when a value is out of its domain."""
+        """Raise UsageError (a ValueError) naming every field whose value is of the wrong type or out of its domain.
+
+        Types are strict (a bool field takes only True/False, a number field no bool) and every float must be
+        finite, so that no value passes here and fails later (an RMSprop with lr=inf, a NaN gamma).
+        """
         problems = []
-        if self.dataset not in DATASETS:
-            problems.append(f"dataset={self.dataset!r} (expected one of {', '.join(DATASETS)})")
-        if self.protocol not in PROTOCOLS:
-            problems.append(f"protocol={self.protocol!r} (expected one of {', '.join(PROTOCOLS)})")
-        if self.ce_over not in ("all", "seen"):
-            problems.append(f"ce_over={self.ce_over!r} (expected 'all' or 'seen')")
+        bad = set()
+        for name, kind in FIELD_TYPES.items():
+            value = getattr(self, name)
+            problem = _type_problem(value, kind)
+            if problem is None and kind is float and not math.isfinite(value):
+                problem = "expected a finite number"
+            if problem:
+                problems.append(f"{name}={value!r} ({problem})")
+                bad.add(name)
+
+        def check(name: str, ok: Callable[[Any], bool], expected: str) -> None:
+            if name not in bad and not ok(getattr(self, name)):
+                problems.append(f"{name}={getattr(self, name)!r} ({expected})")
+
+        check("dataset", lambda v: v in DATASETS, f"expected one of {', '.join(DATASETS)}")
+        check("protocol", lambda v: v in PROTOCOLS, f"expected one of {', '.join(PROTOCOLS)}")
+        check("ce_over", lambda v: v in ("all", "seen"), "expected 'all' or 'seen'")
         for name in ("epochs", "batch_size", "eval_batch_size", "gamma_steps"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name}={getattr(self, name)} (expected >= 1)")
+            check(name, lambda v: v >= 1, "expected >= 1")
+        for name in ("seed", "val_seed"):
+            check(name, lambda v: v >= 0, "expected >= 0")
         for name in ("lr", "lr_v_factor", "rms_eps"):
-            if not getattr(self, name) > 0:
-                problems.append(f"{name}={getattr(self, name)} (expected > 0)")
+            check(name, lambda v: v > 0, "expected > 0")
         for name in ("weight_decay", "momentum", "lambda_cal", "lambda_dis"):
-            if getattr(self, name) < 0:
-                problems.append(f"{name}={getattr(self, name)} (expected >= 0)")
-        if not 0.0 <= self.alpha <= 1.0:
-            problems.append(f"alpha={self.alpha} (expected a weight in [0, 1])")
-        if not 0.0 < self.val_fraction < 1.0:
-            problems.append(f"val_fraction={self.val_fraction} (expected in (0, 1))")
-        if self.gamma_max < self.gamma_min:
+            check(name, lambda v: v >= 0, "expected >= 0")
+        check("rms_alpha", lambda v: 0.0 <= v <= 1.0, "expected a smoothing constant in [0, 1]")
+        check("alpha", lambda v: 0.0 <= v <= 1.0, "expected a weight in [0, 1]")
+        check("val_fraction", lambda v: 0.0 < v < 1.0, "expected in (0, 1)")
+        if not {"gamma_min", "gamma_max"} & bad and self.gamma_max < self.gamma_min:
             problems.append(f"gamma_min={self.gamma_min} > gamma_max={self.gamma_max}")
         if problems:
-            raise ValueError("invalid training configuration: " + "; ".join(problems))
+            raise UsageError("invalid training configuration: " + "; ".join(problems))
         return self
 
     def gamma_grid(self) -> np.ndarray:
@@ -112,56 +129,86 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 FIELD_NAMES = frozenset(f.name for f in fields(TrainConfig))
+FIELD_TYPES: dict[str, type] = {f.name: type(f.default) for f in fields(TrainConfig)}  # bool, int, float or str
+BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+
+def _type_problem(value: Any, kind: type) -> str | None:
+    """Why `value` cannot be a value of a field of type `kind`, or None (numpy scalars count as numbers)."""
+    is_bool = isinstance(value, (bool, np.bool_))
+    if kind is bool:
+        return None if is_bool else "expected true or false"
+    if kind is int:
+        return None if isinstance(value, numbers.Integral) and not is_bool else "expected an integer"
+    if kind is float:
+        return None if isinstance(value, numbers.Real) and not is_bool else "expected a number"
+    return None if isinstance(value, str) else "expected a string"
 
 
 def default_config(dataset: str, **overrides: Any) -> TrainConfig:
     """The authors' configuration for `dataset`, with `overrides` applied and validated."""
     if dataset not in DATASET_DEFAULTS:
-        raise ValueError(f"unknown dataset {dataset!r}: expected one of {', '.join(DATASETS)}")
+        raise UsageError(f"unknown dataset {dataset!r}: expected one of {', '.join(DATASETS)}")
     values = {**DATASET_DEFAULTS[dataset], "dataset": dataset}
     values.update(overrides)
     unknown = sorted(set(values) - FIELD_NAMES)
     if unknown:
-        raise ValueError(f"unknown configuration keys {unknown}; known keys: {sorted(FIELD_NAMES)}")
+        raise UsageError(f"unknown configuration keys {unknown}; known keys: {sorted(FIELD_NAMES)}")
     return TrainConfig(**values).validate()
 
 
 def coerce_value(name: str, value: Any) -> Any:
-    """Convert `value` to the type of TrainConfig field `name` (YAML/CLI values arrive loosely typed)."""
-    kind = type(getattr(TrainConfig(), name))
+    """Convert `value` to the type of TrainConfig field `name` (YAML/CLI values arrive loosely typed).
+
+    Strict where a loose reading would change meaning: a bool field takes True/False, the integers 1/0 or the
+    words 1/0/true/false/yes/no/on/off (any case), nothing else (5 is an error, not True); a number field
+    takes no bool; an integer field no fraction. Ranges and finiteness are TrainConfig.validate's job.
+    """
+    kind = FIELD_TYPES[name]
+    is_bool = isinstance(value, (bool, np.bool_))
     if kind is bool:
+        if is_bool:
+            return bool(value)
+        if isinstance(value, str) and value.strip().lower() in BOOL_WORDS:
+            return BOOL_WORDS[value.strip().lower()]
+        if isinstance(value, numbers.Integral) and value in (0, 1):
+            return bool(value)
+        raise UsageError(f"{name}: expected a boolean, got {value!r} (true/false, yes/no, on/off or 1/0)")
+    if kind is str:
         if isinstance(value, str):
-            if value.lower() in ("1", "true", "yes", "on"):
-                return True
-            if value.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(f"{name}: expected a boolean, got {value!r}")
-        return bool(value)
+            return value
+        raise UsageError(f"{name}: expected a string, got {value!r}")
+    if is_bool:
+        raise UsageError(f"{name}: expected {kind.__name__}, got {value!r} (a boolean)")
     if kind is int and isinstance(value, float) and not value.is_integer():
-        raise ValueError(f"{name}: expected an integer, got {value!r}")
+        raise UsageError(f"{name}: expected an integer, got {value!r}")
     try:
         return kind(value)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name}: expected {kind.__name__}, got {value!r}") from exc
+    except (TypeError, ValueError, OverflowError):
+        raise UsageError(f"{name}: expected {kind.__name__}, got {value!r}") from None
 
 
 def overrides_from_yaml(path: str | Path) -> dict[str, Any]:
     """Read a flat YAML mapping of TrainConfig fields; unknown keys are an error naming the file."""
     path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"config file {path} is a folder; expected a YAML file of configuration keys")
     try:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise FileNotFoundError(f"config file {path} does not exist") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"config file {path} is not a text file; expected YAML") from None
     except yaml.YAMLError as exc:
-        raise ValueError(f"config file {path} is not valid YAML: {exc}") from None
+        raise UsageError(f"config file {path} is not valid YAML: {exc}") from None
     if raw is None:
         return {}
     if not isinstance(raw, Mapping):
-        raise ValueError(f"config file {path}: expected a mapping of configuration keys, got {type(raw).__name__}")
-    unknown = sorted(set(raw) - FIELD_NAMES)
+        raise UsageError(f"config file {path}: expected a mapping of configuration keys, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - FIELD_NAMES, key=str)
     if unknown:
-        raise ValueError(f"config file {path}: unknown keys {unknown}; known keys: {sorted(FIELD_NAMES)}")
+        raise UsageError(f"config file {path}: unknown keys {unknown}; known keys: {sorted(FIELD_NAMES)}")
     try:
         return {k: coerce_value(k, v) for k, v in raw.items()}
-    except ValueError as exc:
-        raise ValueError(f"config file {path}: {exc}") from None
+    except UsageError as exc:
+        raise UsageError(f"config file {path}: {exc}") from None

@@ -5,24 +5,30 @@
 FILE is a checkpoint written by `msdn.train` or a state dict saved by the authors' code
 (`V, W_1, W_2, W_3, W_1_1, W_2_1, W_3_1, att, mask_bias, bias, ...`; a `resnet101.*` backbone
 in it is ignored because features are given). The authors' checkpoints are for the paper split.
+A file that cannot be used (damaged, foreign, of another dataset or protocol) is a CheckpointError
+naming it; the command then exits with 2 (msdn.cli).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import pickle
+import re
 import sys
+import warnings
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .config import DATASETS, TrainConfig, default_config
-from .data import DataError, check_data_present, load_benchmark, make_split, read_rows
-from .device import resolve_device
+from .cli import CheckpointError, UsageError, cli_entry, device_flag
+from .config import DATASETS, FIELD_NAMES, PROTOCOLS, TrainConfig, default_config
+from .data import Benchmark, ZSLSplit, check_data_present, load_benchmark, make_split, read_rows
 from .metrics import GZSLResult, gzsl_evaluate
 from .model import MSDN
+from .progress import to_stderr
 
 AUTHORS_KEYS = ("V", "W_1", "W_2", "W_1_1", "W_2_1", "att", "mask_bias", "bias")
 
@@ -85,88 +91,231 @@ def evaluate_model(
 
 
 def is_authors_state_dict(state: Mapping[str, Tensor]) -> bool:
-    return all(key in state for key in ("V", "W_1", "W_1_1", "mask_bias"))
+    """Whether `state` looks like the authors' MSDN state dict (two or more of its keys, none of ours)."""
+    return "model" not in state and sum(key in state for key in AUTHORS_KEYS) >= 2
 
 
-def model_from_authors_state_dict(state: Mapping[str, Tensor], *, normalize_v: bool = False) -> MSDN:
+def _describe(value: object) -> str:
+    if isinstance(value, Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    return f"a {type(value).__name__}"
+
+
+def _load_failure(exc: BaseException, head: bytes) -> str:
+    """What torch.load's exception means, in a phrase (its own texts are pages long or bare, e.g. '101').
+
+    `head` is the file's first bytes: a zip signature means torch.save's format, damaged.
+    """
+    text = str(exc)
+    refused = re.search(r"GLOBAL ([\w.]+)", text)
+    if refused:
+        return (f"it refers to {refused.group(1)}, which is refused: only tensors and plain containers are loaded "
+                "(torch.load with weights_only=True), because unpickling other objects can run code")
+    if isinstance(exc, EOFError):
+        return "the file is empty or truncated"
+    if "zip archive" in text or "central directory" in text or head.startswith(b"PK\x03\x04"):
+        return "a damaged or truncated zip archive"
+    if "Weights only load failed" in text or isinstance(exc, (KeyError, pickle.UnpicklingError, UnicodeDecodeError)):
+        return "its bytes are not a pickle or zip archive written by torch.save"
+    first = (text.strip().splitlines() or [""])[0][:160]
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def read_checkpoint(path: str | Path, flag: str = "--checkpoint") -> Any:
+    """torch.load(path, weights_only=True) on the CPU; a CheckpointError that names the file when it cannot."""
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{flag} {path} is a folder; expected a checkpoint file")
+    if not path.is_file():
+        raise FileNotFoundError(f"{flag} {path}: no such file")
+    try:
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of foreign files
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any damage shows up as some exception inside the unpickler
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+        raise CheckpointError(f"{flag} {path}: cannot be read as a checkpoint ({_load_failure(exc, head)}); expected "
+                              "a file written by msdn.train, or an authors' MSDN state dict saved with torch.save"
+                              ) from None
+
+
+def state_dict_problems(state: Mapping[str, Any], expected: Mapping[str, Tensor]) -> list[str]:
+    """Missing keys, unexpected keys and tensors whose shape differs from `expected`, one phrase each."""
+    problems = []
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing:
+        problems.append(f"missing keys {missing}")
+    if unexpected:
+        problems.append(f"unexpected keys {unexpected[:8]}")
+    for key, want in expected.items():
+        if key in state:
+            got = state[key]
+            if not isinstance(got, Tensor) or tuple(got.shape) != tuple(want.shape):
+                problems.append(f"{key}: {_describe(got)}, expected shape {tuple(want.shape)}")
+    return problems
+
+
+def checkpoint_config(ckpt: Mapping[str, Any], path: str | Path, flag: str = "--checkpoint") -> TrainConfig:
+    """The TrainConfig stored in one of our checkpoints; CheckpointError when it is absent or invalid."""
+    raw = ckpt.get("config")
+    if not isinstance(raw, Mapping):
+        raise CheckpointError(f"{flag} {path}: its 'config' is {_describe(raw)}; expected the run's configuration "
+                              "(a mapping of TrainConfig fields)")
+    unknown = sorted(set(raw) - FIELD_NAMES, key=str)
+    if unknown:
+        raise CheckpointError(f"{flag} {path}: its config has unknown keys {unknown}; expected TrainConfig fields "
+                              "(a checkpoint of another version of msdn-tune?)")
+    try:
+        return TrainConfig(**raw).validate()
+    except UsageError as exc:
+        raise CheckpointError(f"{flag} {path}: its config is not valid ({exc})") from None
+
+
+def _weights(state: Mapping[str, Any], keys: tuple[str, ...], where: str, what: str) -> dict[str, Tensor]:
+    """The tensors `keys` of a state dict; a CheckpointError listing the missing or non-tensor ones."""
+    missing = [k for k in keys if k not in state]
+    wrong = [f"{k} ({_describe(state[k])})" for k in keys if k in state and not isinstance(state[k], Tensor)]
+    if missing or wrong:
+        found = sorted(map(str, state))[:12]
+        raise CheckpointError(f"{where}: {what} lacks {missing or 'no key'}"
+                              f"{'; not tensors: ' + ', '.join(wrong) if wrong else ''}; expected the keys "
+                              f"{list(keys)} (found {found})")
+    return {k: state[k] for k in keys}
+
+
+def _shape_check(shapes: Mapping[str, tuple[tuple[int, ...], tuple[int, ...]]], where: str, what: str) -> None:
+    """CheckpointError when a tensor's shape differs from the one the others imply: name -> (found, expected)."""
+    bad = [f"{k} {found} (expected {want})" for k, (found, want) in shapes.items() if tuple(found) != tuple(want)]
+    if bad:
+        raise CheckpointError(f"{where}: {what} has tensors of inconsistent shapes: {'; '.join(bad)}")
+
+
+def model_from_authors_state_dict(state: Mapping[str, Tensor], *, normalize_v: bool = False,
+                                  path: str | Path | None = None) -> MSDN:
     """Build our MSDN carrying the weights of a state dict saved by the authors' MSDN.
 
     Their `att` is already row-normalised; their margin is `mask_bias * bias` (-1 seen, +1 unseen).
     Keys that feed nothing at test time (W_3, W_3_1, weight_ce, prob_prune, resnet101.*) are ignored.
+    A missing key or a shape that does not fit the others is a CheckpointError naming it.
     """
-    missing = [k for k in AUTHORS_KEYS if k not in state]
-    if missing:
-        raise KeyError(f"the authors' MSDN state dict lacks {missing}; expected keys {list(AUTHORS_KEYS)}")
-    margin_vec = (state["mask_bias"].reshape(-1) * state["bias"]).float()
+    where = f"--checkpoint {path}" if path is not None else "the state dict"
+    w = _weights(state, AUTHORS_KEYS, where, "the authors' MSDN state dict")
+    if w["V"].dim() != 2 or w["att"].dim() != 2 or w["W_1"].dim() != 2:
+        raise CheckpointError(f"{where}: V, att and W_1 have shapes {tuple(w['V'].shape)}, "
+                              f"{tuple(w['att'].shape)} and {tuple(w['W_1'].shape)}; expected matrices")
+    (n_att, dim_v), n_classes, n_channels = w["V"].shape, w["att"].shape[0], w["W_1"].shape[1]
+    _shape_check({
+        "W_1": (w["W_1"].shape, (dim_v, n_channels)), "W_2": (w["W_2"].shape, (dim_v, n_channels)),
+        "W_1_1": (w["W_1_1"].shape, (n_channels, dim_v)), "W_2_1": (w["W_2_1"].shape, (dim_v, n_channels)),
+        "att": (w["att"].shape, (n_classes, n_att)), "mask_bias": ((w["mask_bias"].numel(),), (n_classes,)),
+        "bias": ((w["bias"].numel(),), (1,)),
+    }, where, "the authors' MSDN state dict")
+    margin_vec = (w["mask_bias"].reshape(-1) * w["bias"].reshape(())).float()
     seen = margin_vec < 0
-    n_channels = state["W_1"].shape[1]
-    model = MSDN(state["V"].float(), state["att"].float(), seen, n_channels, normalize_v=normalize_v)
+    model = MSDN(w["V"].float(), w["att"].float(), seen, n_channels, normalize_v=normalize_v)
     with torch.no_grad():
         for name in ("V", "W_1", "W_2", "W_1_1", "W_2_1"):
-            getattr(model, name).copy_(state[name].float())
-        model.att.copy_(state["att"].float())  # keep theirs verbatim (already normalised)
+            getattr(model, name).copy_(w[name].float())
+        model.att.copy_(w["att"].float())  # keep theirs verbatim (already normalised)
         model.class_margin.copy_(margin_vec)
     return model
 
 
-def load_checkpoint_model(path: str | Path, config: TrainConfig | None = None) -> tuple[MSDN, dict]:
-    """Load `path` (ours or the authors'); returns the model and our checkpoint dict (empty for theirs)."""
+def model_from_checkpoint(ckpt: Mapping[str, Any], path: str | Path) -> MSDN:
+    """Our MSDN from one of our checkpoints (ckpt['model'], ckpt['config']); CheckpointError when it does not fit."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"--checkpoint {path}: no such file")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, Mapping) and "model" in state and "config" in state:
-        cfg = TrainConfig(**state["config"])
-        weights = state["model"]
-        model = MSDN(
-            torch.zeros(weights["V"].shape), weights["att"], weights["seen"], weights["W_1"].shape[1],
-            normalize_v=cfg.normalize_v,
-        )
-        model.load_state_dict(weights)
-        return model, dict(state)
+    cfg = checkpoint_config(ckpt, path)
+    weights = ckpt.get("model")
+    if not isinstance(weights, Mapping):
+        raise CheckpointError(f"--checkpoint {path}: its 'model' is {_describe(weights)}; expected a state dict")
+    w = _weights(weights, ("V", "att", "seen", "W_1"), f"--checkpoint {path}", "its model state dict")
+    if w["V"].dim() != 2 or w["att"].dim() != 2 or w["W_1"].dim() != 2 or w["seen"].dim() != 1:
+        raise CheckpointError(f"--checkpoint {path}: V, att, W_1 and seen have shapes {tuple(w['V'].shape)}, "
+                              f"{tuple(w['att'].shape)}, {tuple(w['W_1'].shape)} and {tuple(w['seen'].shape)}; "
+                              "expected three matrices and a vector")
+    _shape_check({"att": (w["att"].shape, (w["seen"].shape[0], w["V"].shape[0]))}, f"--checkpoint {path}",
+                 "its model state dict")
+    model = MSDN(torch.zeros(w["V"].shape), w["att"], w["seen"], w["W_1"].shape[1], normalize_v=cfg.normalize_v)
+    problems = state_dict_problems(weights, model.state_dict())
+    if problems:
+        raise CheckpointError(f"--checkpoint {path}: its model state dict does not fit MSDN: {'; '.join(problems)}")
+    model.load_state_dict(weights)
+    return model
+
+
+def load_checkpoint_model(path: str | Path, config: TrainConfig | None = None) -> tuple[MSDN, dict]:
+    """Load `path` (ours or the authors'); returns the model and our checkpoint dict (empty for theirs).
+
+    Every way a file can be unusable (not a checkpoint, damaged, refused globals, missing keys, shapes that
+    do not fit) is a CheckpointError naming the file; a missing file is a FileNotFoundError.
+    """
+    path = Path(path)
+    state = read_checkpoint(path)
+    if isinstance(state, Mapping) and ("model" in state or "config" in state):
+        return model_from_checkpoint(state, path), dict(state)
     if isinstance(state, Mapping) and is_authors_state_dict(state):
         normalize_v = config.normalize_v if config is not None else False
-        return model_from_authors_state_dict(state, normalize_v=normalize_v), {}
-    raise ValueError(
+        return model_from_authors_state_dict(state, normalize_v=normalize_v, path=path), {}
+    found = sorted(map(str, state))[:12] if isinstance(state, Mapping) else _describe(state)
+    raise CheckpointError(
         f"--checkpoint {path}: not an msdn-tune checkpoint (keys 'model', 'config', ...) nor an authors' MSDN "
-        f"state dict (keys {list(AUTHORS_KEYS)}); found keys {sorted(state)[:12] if isinstance(state, Mapping) else type(state).__name__}"
+        f"state dict (keys {list(AUTHORS_KEYS)}); found {found}"
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def check_model_fits(model: MSDN, bench: Benchmark, split: ZSLSplit, path: str | Path) -> None:
+    """CheckpointError when the model's classes, seen classes, attributes or feature channels differ from the split."""
+    n_channels = model.W_1.shape[1]
+    mine = (model.n_classes, int(model.seen.sum()), model.n_attributes, n_channels)
+    theirs = (len(split.class_ids), int(split.seen.sum()), bench.att.shape[1], bench.feature_shape[1])
+    same_seen = mine == theirs and bool((model.seen.cpu().numpy() == split.seen).all())
+    if not same_seen:
+        raise CheckpointError(
+            f"--checkpoint {path} does not fit the {split.protocol} split of {bench.name}: the checkpoint has "
+            f"{mine[0]} classes ({mine[1]} seen), {mine[2]} attributes and {mine[3]} feature channels; the split has "
+            f"{theirs[0]} classes ({theirs[1]} seen), {theirs[2]} attributes and {theirs[3]} channels"
+            f"{' (the same counts, but other seen classes)' if mine == theirs else ''}. Expected a checkpoint trained "
+            "on this dataset and protocol (--protocol chooses the split)."
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m msdn.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", required=True, choices=DATASETS)
     parser.add_argument("--data-root", default="data")
     parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--protocol", choices=("paper", "val"), default=None,
+    parser.add_argument("--protocol", choices=PROTOCOLS, default=None,
                         help="split to evaluate on (default: the checkpoint's own; 'paper' for the authors')")
     parser.add_argument("--alpha", type=float, default=None, help="sub-net fusion weight (default: dataset's)")
     parser.add_argument("--gamma", type=float, default=None, help="calibrated-stacking offset (default 2.0)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    args = parser.parse_args(argv)
+    return parser
 
-    try:
-        device = resolve_device(args.device)
-        check_data_present(args.dataset, args.data_root)
-        model, ckpt = load_checkpoint_model(args.checkpoint, default_config(args.dataset))
-    except (DataError, FileNotFoundError, ValueError, KeyError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    config = TrainConfig(**ckpt["config"]) if ckpt else default_config(args.dataset, data_root=args.data_root)
-    config = config.replace(
-        data_root=args.data_root,
-        protocol=args.protocol or config.protocol,
-        alpha=config.alpha if args.alpha is None else args.alpha,
-        gamma=config.gamma if args.gamma is None else args.gamma,
-    )
-    bench = load_benchmark(args.dataset, args.data_root, progress=None if args.json else print)
+
+@cli_entry
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m msdn.evaluate`: every flag, the data and the checkpoint are checked before any evaluation."""
+    args = build_parser().parse_args(argv)
+    flags = {k: v for k, v in (("alpha", args.alpha), ("gamma", args.gamma), ("protocol", args.protocol))
+             if v is not None}
+    default_config(args.dataset, data_root=args.data_root, **flags)  # --alpha 5 or --gamma nan: stop here
+    device = device_flag(args.device)
+    check_data_present(args.dataset, args.data_root)
+    model, ckpt = load_checkpoint_model(args.checkpoint, default_config(args.dataset))
+    if ckpt:
+        config = checkpoint_config(ckpt, args.checkpoint)
+        if config.dataset != args.dataset:
+            raise CheckpointError(f"--checkpoint {args.checkpoint} was trained on dataset '{config.dataset}' (its "
+                                  f"config); --dataset is '{args.dataset}'. Expected a checkpoint of {args.dataset}.")
+    else:
+        config = default_config(args.dataset)
+    config = config.replace(data_root=args.data_root, **flags).validate()
+    bench = load_benchmark(args.dataset, args.data_root, progress=to_stderr if args.json else print)
     split = make_split(bench, config.protocol, val_fraction=config.val_fraction, seed=config.val_seed)
-    if model.n_classes != len(split.class_ids) or model.n_attributes != bench.att.shape[1]:
-        print(f"error: --checkpoint {args.checkpoint} has {model.n_classes} classes and {model.n_attributes} "
-              f"attributes; the {config.protocol} split of {args.dataset} has {len(split.class_ids)} classes and "
-              f"{bench.att.shape[1]} attributes", file=sys.stderr)
-        return 2
+    check_model_fits(model, bench, split, args.checkpoint)
     model.to(device)
     result = evaluate_model(
         model, bench.features, split.labels, split.eval_seen_idx, split.eval_unseen_idx,

@@ -9,6 +9,9 @@ random projection of the prototypes: informative, not exact.
 
     python -m msdn.synthetic --data-root data [--seed 0]     # ~3000 images, a few seconds
 
+It writes only where none of its files exist, or over files that are entirely its own output (the marker
+SYNTHETIC/.complete records each file's size and SHA-256); it never overwrites anything else.
+
 Layout written (see docs/data.md): DATA_ROOT/SYNTHETIC/feature_map_ResNet_101_SYNTHETIC.hdf5,
 DATA_ROOT/xlsa17/data/SYNTHETIC/{att_splits,res101}.mat, DATA_ROOT/w2v/SYNTHETIC_attribute.pkl.
 """
@@ -16,15 +19,22 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
+import os
 import pickle
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator, Sequence
 
 import numpy as np
 
-from .fsutil import atomic_path, file_lock
+from .cli import cli_entry
+from .data.errors import DataError
+from .data.layout import check_data_root
+from .fsutil import atomic_path, file_lock, temp_name
 from .progress import Progress
 
 NUM_CLASSES = 50
@@ -44,7 +54,7 @@ NUM_CLUTTER = 24  # distractor patterns that belong to no attribute
 CLUTTER_PER_IMAGE = 3.0
 NOISE_STD = 0.3
 SIGNAL_AMPLITUDE = 1.5
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the marker records each file's size and SHA-256
 MARKER = ".complete"
 
 
@@ -159,11 +169,12 @@ def generate(seed: int = 0) -> SyntheticArrays:
 
 
 def _paths(data_root: Path) -> dict[str, Path]:
+    """Every file of the benchmark, in the order they are renamed into place (the HDF5, the required one, last)."""
     return {
-        "hdf5": data_root / "SYNTHETIC" / "feature_map_ResNet_101_SYNTHETIC.hdf5",
         "att_splits": data_root / "xlsa17" / "data" / "SYNTHETIC" / "att_splits.mat",
         "res101": data_root / "xlsa17" / "data" / "SYNTHETIC" / "res101.mat",
         "w2v": data_root / "w2v" / "SYNTHETIC_attribute.pkl",
+        "hdf5": data_root / "SYNTHETIC" / "feature_map_ResNet_101_SYNTHETIC.hdf5",
     }
 
 
@@ -171,20 +182,80 @@ def _marker(data_root: Path) -> Path:
     return data_root / "SYNTHETIC" / MARKER
 
 
-def _complete_seed(data_root: Path) -> int | None:
-    """The seed of a completely written synthetic set under data_root, or None."""
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _read_marker(data_root: Path) -> dict | None:
+    """The marker's record (seed, state, and per file its size and SHA-256), or None when absent or unreadable."""
     try:
         info = json.loads(_marker(data_root).read_text())
     except (OSError, ValueError):
         return None
-    if info.get("version") != FORMAT_VERSION or not all(p.is_file() for p in _paths(data_root).values()):
+    return info if isinstance(info, dict) else None
+
+
+def _complete_seed(data_root: Path) -> int | None:
+    """The seed of a completely written synthetic set under data_root, or None.
+
+    Cheap: the marker says "complete" and every file is there with its recorded size (a marker of
+    FORMAT_VERSION 1, which records no files, counts when every file is there).
+    """
+    info = _read_marker(data_root)
+    if info is None or not all(p.is_file() for p in _paths(data_root).values()):
         return None
+    if info.get("version") == 1:
+        return info.get("seed")
+    if info.get("version") != FORMAT_VERSION or info.get("state") != "complete":
+        return None
+    files = info.get("files", {})
+    for p in _paths(data_root).values():
+        record = files.get(_rel(data_root, p))
+        if not isinstance(record, dict) or record.get("size") != p.stat().st_size:
+            return None
     return info.get("seed")
+
+
+def _rel(data_root: Path, path: Path) -> str:
+    return path.relative_to(data_root).as_posix()
 
 
 def synthetic_present(data_root: str | Path) -> bool:
     """True when a complete synthetic benchmark (any seed) exists under data_root."""
     return _complete_seed(Path(data_root)) is not None
+
+
+def not_own_output(data_root: str | Path) -> list[str]:
+    """The benchmark files under data_root that msdn.synthetic cannot prove it wrote, one line each (why).
+
+    Its own output is what its marker lists, byte for byte (size and SHA-256). A file present without a
+    marker, a file that differs from its record, and a file missing from a complete set (someone removed
+    it) are not; files missing from an interrupted write are. An empty list: regenerating loses nothing.
+    """
+    root = Path(data_root)
+    info = _read_marker(root)
+    digests = info.get("files") if info and info.get("version") == FORMAT_VERSION else None
+    lines = []
+    for p in _paths(root).values():
+        if not p.exists():
+            if info is not None and info.get("state") == "complete":
+                lines.append(f"{p}: missing, but listed as written in {_marker(root)} (removed since)")
+            continue
+        record = digests.get(_rel(root, p)) if isinstance(digests, dict) else None
+        if info is None:
+            lines.append(f"{p}: present, and there is no {_marker(root).name} marker (not written by msdn.synthetic)")
+        elif digests is None:
+            lines.append(f"{p}: its marker {_marker(root)} records no digests (an older version), so it cannot be "
+                         "told apart from a file of yours")
+        elif not isinstance(record, dict):
+            lines.append(f"{p}: not listed in {_marker(root)}")
+        elif not p.is_file() or record.get("size") != p.stat().st_size or record.get("sha256") != _sha256(p):
+            lines.append(f"{p}: differs from what msdn.synthetic wrote (modified since)")
+    return lines
 
 
 def _mat_cell(strings: tuple[str, ...]) -> np.ndarray:
@@ -228,13 +299,26 @@ def _write_files(a: SyntheticArrays, paths: dict[str, Path]) -> None:
         pickle.dump(a.w2v_att, fh, protocol=3)
 
 
+def _write_marker(root: Path, seed: int, state: str, files: dict[str, dict]) -> None:
+    with atomic_path(_marker(root)) as tmp:
+        tmp.write_text(json.dumps({"seed": seed, "version": FORMAT_VERSION, "state": state, "files": files}))
+
+
 def ensure_synthetic(data_root: str | Path, seed: int = 0, progress: Progress = print) -> Path:
     """Write the synthetic benchmark for `seed` under data_root unless already complete; return DATA_ROOT/SYNTHETIC.
 
-    Files are written under temporary names and renamed into place, then a marker is written last, so an
-    interrupted run is regenerated next time. Concurrent callers wait on a lock and reuse the result.
+    It writes where none of its files exist, and rewrites (e.g. for another seed) only files that are
+    entirely its own output: every file present must match the size and SHA-256 its marker recorded.
+    Anything else (a file without a marker, a modified file, a file removed from a complete set) is a
+    DataError that lists the files, and nothing is touched.
+
+    Files are written under temporary names; the marker, with their digests, is written next (state
+    "writing"), then the files are renamed into place, the HDF5 last, and the marker says "complete". An
+    interrupted run leaves only files its marker vouches for, so the next run regenerates them.
+    Concurrent callers wait on a lock and reuse the result.
     """
     root = Path(data_root)
+    check_data_root(root)
     paths = _paths(root)
     out_dir = root / "SYNTHETIC"
     if _complete_seed(root) == seed:
@@ -244,15 +328,30 @@ def ensure_synthetic(data_root: str | Path, seed: int = 0, progress: Progress = 
     with file_lock(out_dir / ".lock"):
         if _complete_seed(root) == seed:  # written by another process while we waited
             return out_dir
-        _marker(root).unlink(missing_ok=True)
+        foreign = not_own_output(root)
+        if foreign:
+            listing = "\n".join(f"  {line}" for line in foreign)
+            raise DataError(
+                f"--data-root {root}: refusing to write the synthetic benchmark (seed {seed}) over files that are not "
+                f"entirely its own output:\n{listing}\nmsdn.synthetic only replaces files it can prove it wrote (the "
+                f"sizes and SHA-256 digests in {_marker(root)}). Nothing was changed. Use an empty --data-root, or "
+                "remove these files (and the marker) to generate the benchmark here."
+            )
+        for p in paths.values():  # our own earlier output (another seed, or an interrupted write)
+            p.unlink(missing_ok=True)
         start = time.perf_counter()
         if progress:
             progress(f"generating the synthetic benchmark (seed {seed}) under {root}")
         arrays = generate(seed)
-        with contextlib.ExitStack() as stack:  # all files renamed into place only once all are written
-            _write_files(arrays, {key: stack.enter_context(atomic_path(p)) for key, p in paths.items()})
-        with atomic_path(_marker(root)) as tmp_marker:
-            tmp_marker.write_text(json.dumps({"seed": seed, "version": FORMAT_VERSION}))
+        with contextlib.ExitStack() as stack:
+            tmps = {key: stack.enter_context(_kept_temp(p)) for key, p in paths.items()}
+            _write_files(arrays, tmps)
+            files = {_rel(root, paths[key]): {"size": tmp.stat().st_size, "sha256": _sha256(tmp)}
+                     for key, tmp in tmps.items()}
+            _write_marker(root, seed, "writing", files)  # vouches for the files before they appear
+            for key, tmp in tmps.items():
+                os.replace(tmp, paths[key])
+        _write_marker(root, seed, "complete", files)
         if progress:
             progress(f"synthetic benchmark: {arrays.labels.size} images, {NUM_CLASSES} classes "
                      f"({NUM_SEEN} seen = {NUM_TRAIN} train + {NUM_SEEN - NUM_TRAIN} val, "
@@ -261,12 +360,29 @@ def ensure_synthetic(data_root: str | Path, seed: int = 0, progress: Progress = 
     return out_dir
 
 
-def main(args: argparse.Namespace) -> None:
+@contextlib.contextmanager
+def _kept_temp(final: Path) -> Iterator[Path]:
+    """A temporary name next to `final`, removed on the way out unless it was renamed into place."""
+    tmp = temp_name(final)
+    try:
+        yield tmp
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m msdn.synthetic", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-root", required=True, help="folder that receives SYNTHETIC/, xlsa17/ and w2v/")
+    parser.add_argument("--seed", type=int, default=0, help="generator seed (same seed, same arrays)")
+    return parser
+
+
+@cli_entry
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     ensure_synthetic(args.data_root, seed=args.seed)
+    return 0
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-root", required=True, help="folder that receives SYNTHETIC/, xlsa17/ and w2v/")
-    parser.add_argument("--seed", type=int, default=0, help="generator seed (same seed, same arrays)")
-    main(parser.parse_args())
+    sys.exit(main())

@@ -16,18 +16,21 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 
+from .cli import CheckpointError, UsageError, cli_entry, device_flag
 from .config import DATASETS, FIELD_NAMES, TrainConfig, coerce_value, default_config, overrides_from_yaml
-from .data import DataError, check_data_present, load_benchmark, make_split, read_rows
-from .device import resolve_device
-from .evaluate import evaluate_model
+from .data import check_data_present, load_benchmark, make_split, read_rows
+from .device import (PinnedBatches, copy_to_device, feature_budget_bytes, keep_features_on_device, resolve_device,
+                     step_reserve_bytes)
+from .evaluate import checkpoint_config, evaluate_model, read_checkpoint, state_dict_problems
 from .fsutil import atomic_path
 from .losses import LossTerms
 from .metrics import GZSLResult
@@ -36,14 +39,21 @@ from .progress import Progress, to_stderr
 from .step import build_optimizer, train_step
 
 CHECKPOINT_VERSION = 1
-# Keep the training features on the GPU when they take at most this share of its free memory.
-GPU_FEATURE_SHARE = 0.5
+# The fields that decide which images train and which classes compete: a checkpoint continues only a run
+# that shares them (the others, e.g. --epochs, may change on resume).
+RESUME_FIELDS = ("dataset", "protocol", "val_fraction", "val_seed")
 
 
 class Trainer:
-    """One MSDN training run: model, optimiser, batch sampler, per-epoch evaluation, checkpoint state."""
+    """One MSDN training run: model, optimiser, batch sampler, per-epoch evaluation, checkpoint state.
 
-    def __init__(self, config: TrainConfig, bench=None, split=None, *, progress: Progress = print):
+    On a GPU, `gpu_share` is the run's fraction of the device (a Ray trial's GPU share; None: the whole
+    device is ours) and bounds the memory the resident feature array may take (`msdn.device`).
+    `resident_features`, the array already on the device (kept by a reused worker), skips the copy.
+    """
+
+    def __init__(self, config: TrainConfig, bench=None, split=None, *, progress: Progress = print,
+                 gpu_share: float | None = None, resident_features: torch.Tensor | None = None):
         self.config = config.validate()
         self.device = resolve_device(config.device)
         self.bench = bench if bench is not None else load_benchmark(config.dataset, config.data_root, progress=progress)
@@ -65,7 +75,14 @@ class Trainer:
         self.labels = torch.as_tensor(self.split.labels, dtype=torch.long, device=self.device)
         self.gammas = config.gamma_grid()
         self._by_class = self._train_images_by_class() if config.balanced_batches else None
-        self.features_on_device = self._features_to_device()
+        self.gpu_share = gpu_share
+        if resident_features is not None and tuple(resident_features.shape) != self.bench.features.shape:
+            raise ValueError(f"resident_features of shape {tuple(resident_features.shape)} for a benchmark of "
+                             f"shape {self.bench.features.shape}")
+        self.features_on_device = resident_features if resident_features is not None else self._features_to_device()
+        self._pinned = None  # host batches through pinned memory, when the features stay on the host of a GPU
+        if self.device.type == "cuda" and self.features_on_device is None:
+            self._pinned = PinnedBatches(self.bench.features.shape[1:], config.batch_size, torch.float16, self.device)
 
     # -- data ---------------------------------------------------------------------------------
     def _train_images_by_class(self) -> list[np.ndarray]:
@@ -73,14 +90,21 @@ class Trainer:
         return [self.train_idx[labels == c] for c in np.unique(labels)]
 
     def _features_to_device(self) -> torch.Tensor | None:
-        """On a GPU, keep every feature row there when it fits, so no step copies from host memory."""
+        """On a GPU, keep every feature row there when it fits this run's budget, so no step copies from host memory.
+
+        The budget is the run's share of the device minus what the model and its largest batch need
+        (`msdn.device.feature_budget_bytes`), so trials packed on one GPU never over-commit it.
+        """
         if self.device.type != "cuda":
             return None
         feats = self.bench.features
-        free, _ = torch.cuda.mem_get_info(self.device)
-        if feats.nbytes > GPU_FEATURE_SHARE * free:
+        free, total = torch.cuda.mem_get_info(self.device)
+        n_regions, n_channels = feats.shape[1:]
+        reserve = step_reserve_bytes(sum(p.numel() for p in self.model.parameters()), self.config.batch_size,
+                                     self.config.eval_batch_size, n_regions, n_channels, self.split.att.shape[1])
+        if not keep_features_on_device(feats.nbytes, feature_budget_bytes(self.gpu_share, total, free, reserve)):
             return None
-        return torch.from_numpy(np.ascontiguousarray(feats)).to(self.device)
+        return copy_to_device(feats, self.device)
 
     def sample_batch(self) -> np.ndarray:
         """Image indices of one training batch, drawn as the authors do (random, or class-balanced)."""
@@ -96,7 +120,10 @@ class Trainer:
     def batch_features(self, idx: np.ndarray) -> torch.Tensor:
         if self.features_on_device is not None:
             return self.features_on_device[torch.as_tensor(idx, device=self.device)]
-        return torch.from_numpy(read_rows(self.bench.features, idx)).to(self.device, non_blocking=True)
+        rows = read_rows(self.bench.features, idx)
+        if self._pinned is not None:  # a GPU without the resident array: pinned memory, non-blocking copy
+            return self._pinned.to_device(rows)
+        return torch.from_numpy(rows).to(self.device, non_blocking=True)
 
     # -- training -----------------------------------------------------------------------------
     def iterations_per_epoch(self) -> int:
@@ -173,8 +200,45 @@ class Trainer:
         with atomic_path(path) as tmp:
             torch.save({**self.state_dict(), **extra}, tmp)
 
+    def check_state(self, state: Any, source: str | Path) -> None:
+        """CheckpointError naming `source` when `state` cannot continue this run; nothing is changed either way.
+
+        Checked: the checkpoint's structure and version, the fields that decide the data (RESUME_FIELDS), the
+        model's tensors and the optimiser's groups and buffers against this run's, the epoch, RNG and history.
+        """
+        check_resume_config(state, self.config, source)
+        where = f"--checkpoint {source}"
+        problems = state_dict_problems(state["model"], self.model.state_dict())
+        if problems:
+            raise CheckpointError(f"{where}: its model does not fit this run's MSDN: {'; '.join(problems)}")
+        optimizer, ours = state["optimizer"], self.optimizer.state_dict()
+        try:
+            groups = [list(g["params"]) for g in optimizer["param_groups"]]
+            buffers = dict(optimizer["state"])
+        except (TypeError, KeyError):
+            raise CheckpointError(f"{where}: its 'optimizer' is not an optimiser state dict") from None
+        if groups != [list(g["params"]) for g in ours["param_groups"]]:
+            raise CheckpointError(f"{where}: its optimiser has parameter groups {groups}; this run's has "
+                                  f"{[list(g['params']) for g in ours['param_groups']]}")
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        for index, entry in buffers.items():
+            for name, value in (entry.items() if isinstance(entry, dict) else ()):
+                if isinstance(value, torch.Tensor) and value.dim() and value.shape != params[int(index)].shape:
+                    raise CheckpointError(f"{where}: optimiser buffer {name} of parameter {index} has shape "
+                                          f"{tuple(value.shape)}; expected {tuple(params[int(index)].shape)}")
+        try:
+            ok = int(state["epoch"]) >= 0 and isinstance(json.loads(state["rng"]), dict)
+            ok = ok and isinstance(json.loads(state["history"]), list)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise CheckpointError(f"{where}: its epoch, RNG state or history cannot be read; expected what "
+                                  "Trainer.state_dict writes (an int and two JSON strings)")
+
     def load(self, path: str | Path) -> dict[str, Any]:
-        state = torch.load(path, map_location=self.device, weights_only=True)
+        """Continue from the checkpoint file `path`, after checking that it fits this run (CheckpointError if not)."""
+        state = read_checkpoint(path)
+        self.check_state(state, path)
         self.load_state_dict(state)
         return state
 
@@ -209,31 +273,77 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The run's configuration: the dataset's recipe, then the --config file, then the flags; validated."""
     overrides: dict[str, Any] = overrides_from_yaml(args.config) if args.config else {}
     overrides.pop("dataset", None)
     for name in FIELD_NAMES - {"dataset"}:
         value = getattr(args, name, None)
         if value is not None:
-            overrides[name] = coerce_value(name, value)
+            try:
+                overrides[name] = coerce_value(name, value)
+            except UsageError as exc:  # "amp: expected ..." -> "--amp: expected ...", the name the user typed
+                raise UsageError(f"--{name.replace('_', '-')}{str(exc)[len(name):]}") from None
     return default_config(args.dataset, **overrides)
 
 
-def main(argv: list[str] | None = None) -> int:
+def check_resume_config(state: Any, config: TrainConfig, source: str | Path) -> None:
+    """CheckpointError unless `state` is a checkpoint of msdn.train whose data fields (RESUME_FIELDS) match `config`."""
+    where = f"--checkpoint {source}"
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{where}: holds a {type(state).__name__}; expected a checkpoint written by msdn.train")
+    missing = [k for k in ("version", "config", "model", "optimizer", "epoch", "rng", "history") if k not in state]
+    if missing:
+        raise CheckpointError(f"{where}: lacks {missing}; expected a checkpoint written by msdn.train (an authors' "
+                              "state dict can be evaluated with msdn.evaluate, not resumed)")
+    if state["version"] != CHECKPOINT_VERSION:
+        raise CheckpointError(f"{where}: checkpoint format version {state['version']!r}; expected {CHECKPOINT_VERSION}")
+    if not isinstance(state["model"], Mapping):
+        raise CheckpointError(f"{where}: its 'model' is a {type(state['model']).__name__}; expected a state dict")
+    saved = checkpoint_config(state, source)
+    differ = [f"{k} {getattr(saved, k)!r} (this run: {getattr(config, k)!r})"
+              for k in RESUME_FIELDS if getattr(saved, k) != getattr(config, k)]
+    if differ:
+        flags = "/".join("--" + k.replace("_", "-") for k in RESUME_FIELDS)
+        raise CheckpointError(f"{where} is from another run: {'; '.join(differ)}. Continue it with the same {flags}, "
+                              "or choose another --checkpoint.")
+
+
+def checkpoint_target(args: argparse.Namespace) -> Path | None:
+    """The --checkpoint path after the checks that protect files: never overwrite one without --resume."""
+    if args.resume and not args.checkpoint:
+        raise UsageError("--resume needs --checkpoint PATH (the file to continue from)")
+    if not args.checkpoint:
+        return None
+    path = Path(args.checkpoint)
+    if path.is_dir():
+        raise UsageError(f"--checkpoint {path} is a folder; expected the path of a checkpoint file")
+    if path.exists() and not args.resume:
+        raise UsageError(f"--checkpoint {path} exists; pass --resume to continue it, or choose another path "
+                         "(the file was left untouched)")
+    parent = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
+    if parent != path.absolute() and not parent.is_dir():
+        raise UsageError(f"--checkpoint {path}: {parent} is a file; expected a folder to write the checkpoint in")
+    if parent.is_dir() and not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"--checkpoint {path}: cannot write in {parent} (permission denied)")
+    return path
+
+
+@cli_entry(expected=(FloatingPointError,))  # a diverged run: its message says which epoch and what to try
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m msdn.train`: flags, data and checkpoint are all checked before the first step (msdn.cli policy)."""
     args = build_parser().parse_args(argv)
-    try:
-        config = config_from_args(args)
-        resolve_device(config.device)  # a bad --device is a usage error (exit 2), found before any data work
-        check_data_present(config.dataset, config.data_root)
-        if args.resume and not args.checkpoint:
-            raise ValueError("--resume needs --checkpoint PATH (the file to continue from)")
-    except (ValueError, FileNotFoundError, DataError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    config = config_from_args(args)
+    device_flag(config.device)  # an unknown or unusable --device stops here, before any data work
+    check_data_present(config.dataset, config.data_root)
+    checkpoint = checkpoint_target(args)
+    resume = checkpoint is not None and args.resume and checkpoint.is_file()
+    if resume:  # the cheap checks (readable, a run of this dataset and split) before the data is loaded
+        check_resume_config(read_checkpoint(checkpoint), config, checkpoint)
     say = to_stderr if args.json else print
     trainer = Trainer(config, progress=say)
-    if args.resume and Path(args.checkpoint).is_file():
-        trainer.load(args.checkpoint)
-        say(f"resumed from {args.checkpoint} at epoch {trainer.epoch}")
+    if resume:
+        trainer.load(checkpoint)
+        say(f"resumed from {checkpoint} at epoch {trainer.epoch}")
     split = trainer.split
     say(
         f"MSDN on {config.dataset} ({config.protocol} protocol{': ' + split.note if split.note else ''}): "
@@ -243,8 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     for metrics in trainer.run():
         print(json.dumps(metrics) if args.json else format_epoch(metrics, config.epochs), flush=True)
-        if args.checkpoint:
-            trainer.save(args.checkpoint)
+        if checkpoint is not None:
+            trainer.save(checkpoint)
     return 0
 
 

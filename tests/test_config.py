@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 
-from msdn.config import (DATASET_DEFAULTS, DATASETS, FIELD_NAMES, TrainConfig, coerce_value, default_config,
-                         overrides_from_yaml)
+from msdn.cli import UsageError
+from msdn.config import (DATASET_DEFAULTS, DATASETS, FIELD_NAMES, FIELD_TYPES, TrainConfig, coerce_value,
+                         default_config, overrides_from_yaml)
 
 # The README's table (shiming-chen/MSDN, MSDN_{cub,sun,awa2}.py), written out here rather than read from
 # DATASET_DEFAULTS, so an edit to the recipes in the code shows up as a failing test.
@@ -160,3 +162,67 @@ def test_yaml_errors_name_the_file(tmp_path, text, expected):
     message = str(err.value)
     assert message.startswith(f"config file {path}"), message
     assert expected in message, message
+
+
+# ----------------------------------------------------------------------------- values that used to pass and fail later
+FLOAT_FIELDS = sorted(name for name, kind in FIELD_TYPES.items() if kind is float)
+
+
+@pytest.mark.parametrize("field", FLOAT_FIELDS)
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_every_float_field_must_be_finite(field, value):
+    with pytest.raises(UsageError) as err:
+        TrainConfig(**{field: value}).validate()
+    assert f"{field}={value!r} (expected a finite number)" in str(err.value)
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("amp", 5, "amp=5 (expected true or false)"),
+    ("normalize_v", "yes", "normalize_v='yes' (expected true or false)"),
+    ("epochs", 2.5, "epochs=2.5 (expected an integer)"),
+    ("epochs", True, "epochs=True (expected an integer)"),
+    ("lr", "0.1", "lr='0.1' (expected a number)"),
+    ("device", 0, "device=0 (expected a string)"),
+    ("seed", -1, "seed=-1 (expected >= 0)"),
+    ("rms_alpha", 1.5, "rms_alpha=1.5 (expected a smoothing constant in [0, 1])"),
+])
+def test_validate_checks_types_strictly(field, value, expected):
+    with pytest.raises(UsageError) as err:
+        TrainConfig(**{field: value}).validate()
+    assert str(err.value) == f"invalid training configuration: {expected}"
+
+
+def test_validate_accepts_numpy_scalars():
+    """What a sampler hands over (numpy ints and floats) is a number like any other."""
+    cfg = TrainConfig(epochs=np.int64(3), lr=np.float64(1e-3), amp=np.bool_(True)).validate()
+    assert cfg.epochs == 3
+
+
+@pytest.mark.parametrize("value", [5, 2, -1, 0.5, "maybe", None, [True]])
+def test_bool_is_strict(value):
+    with pytest.raises(UsageError, match=f"amp: expected a boolean, got {re.escape(repr(value))}"):
+        coerce_value("amp", value)
+
+
+def test_numbers_refuse_booleans_and_strings_refuse_containers():
+    with pytest.raises(UsageError, match="epochs: expected int, got True"):
+        coerce_value("epochs", True)
+    with pytest.raises(UsageError, match="lr: expected float, got False"):
+        coerce_value("lr", False)
+    with pytest.raises(UsageError, match=r"device: expected a string, got \['cuda'\]"):
+        coerce_value("device", ["cuda"])
+    with pytest.raises(UsageError, match="epochs: expected an integer, got inf"):
+        coerce_value("epochs", float("inf"))
+    assert coerce_value("amp", np.bool_(False)) is False and coerce_value("amp", 0) is False
+
+
+def test_yaml_non_finite_and_loose_booleans_are_refused(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text("amp: 5\n")
+    with pytest.raises(UsageError, match=f"config file {re.escape(str(path))}: amp: expected a boolean, got 5"):
+        overrides_from_yaml(path)
+    path.write_text("lr: .nan\n")
+    with pytest.raises(UsageError, match=r"lr=nan \(expected a finite number\)"):
+        default_config("cub", **overrides_from_yaml(path))
+    with pytest.raises(UsageError, match="is a folder"):
+        overrides_from_yaml(tmp_path)

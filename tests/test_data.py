@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import scipy.io
 
-from msdn.data import (DataError, benchmark_paths, check_data_present, data_dir, load_benchmark,
-                       load_numpy_pickle, make_split)
+from msdn.data import (DataError, benchmark_paths, cache_problem, check_data_present, data_dir, load_benchmark,
+                       load_numpy_pickle, make_split, read_rows, sidecar_path)
+from msdn.data.cache import _BlockHasher
 
 REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
 
@@ -278,7 +279,8 @@ def test_cache_built_once_region_major_and_reused(tmp_path):
     assert b2.features.dtype == np.float16 and not b2.features.flags.writeable
     expected = a["feature_map"].reshape(-1, C, H * W).transpose(0, 2, 1)
     np.testing.assert_allclose(np.asarray(b2.features, np.float32), expected, rtol=1e-3, atol=1e-3)
-    assert sorted(p.name for p in cache.parent.iterdir()) == sorted([cache.name, "features_f16.lock"])
+    assert sorted(p.name for p in cache.parent.iterdir()) == sorted([cache.name, sidecar_path(cache).name,
+                                                                     "features_f16.lock"])
 
 
 def test_changed_source_rebuilds_and_interrupted_build_is_cleaned(tmp_path):
@@ -293,6 +295,96 @@ def test_changed_source_rebuilds_and_interrupted_build_is_cleaned(tmp_path):
     new = Path(b.features.filename)
     assert new != old and not old.exists() and not leftover.exists()
     np.testing.assert_allclose(np.asarray(b.features[3], np.float32), fm[3].reshape(C, -1).T, rtol=1e-3)
+
+
+def test_block_hasher_matches_hashing_each_block_whole():
+    data = np.random.default_rng(0).bytes(5 * 1000 + 123)
+    hasher = _BlockHasher(block=1000)
+    for start in range(0, len(data), 337):  # pieces that straddle block boundaries
+        hasher.update(data[start:start + 337])
+    import hashlib
+    assert hasher.finish() == [hashlib.sha256(data[i:i + 1000]).hexdigest() for i in range(0, len(data), 1000)]
+
+
+def _garble(path: Path, offset: int, n: int = 64) -> None:
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        fh.write(b"\xff" * n)  # 0xffff is a float16 NaN
+
+
+def test_damaged_cache_is_named_and_rebuilt(tmp_path):
+    """Same size, garbage inside: the open-time check names the file and rebuilds it (a derived file)."""
+    write_tiny(tmp_path)
+    cache = Path(load_benchmark("cub", tmp_path, progress=quiet).features.filename)
+    good = cache.read_bytes()
+    _garble(cache, len(good) - 100)
+    assert "block 0" in cache_problem(cache, (K * N_PER_CLASS, C, H, W))
+    lines: list[str] = []
+    b = load_benchmark("cub", tmp_path, progress=lines.append)
+    assert any(str(cache) in line and "does not match the digest" in line and "rebuilding" in line for line in lines)
+    assert cache.read_bytes() == good and np.isfinite(np.asarray(b.features, np.float32)).all()
+
+
+@pytest.mark.parametrize("damage", ["no sidecar", "truncated", "sidecar garbage"])
+def test_cache_without_a_trustworthy_sidecar_is_rebuilt(tmp_path, damage):
+    write_tiny(tmp_path)
+    cache = Path(load_benchmark("cub", tmp_path, progress=quiet).features.filename)
+    good = cache.read_bytes()
+    if damage == "no sidecar":  # an interrupted build, or one by an older version
+        sidecar_path(cache).unlink()
+    elif damage == "truncated":
+        cache.write_bytes(good[:-10])
+    else:
+        sidecar_path(cache).write_text("{not json")
+    lines: list[str] = []
+    load_benchmark("cub", tmp_path, progress=lines.append)
+    assert any("rebuilding" in line for line in lines) and cache.read_bytes() == good
+
+
+def test_full_verification_reads_every_block(tmp_path, monkeypatch):
+    """The cheap check samples blocks; verify_cache=True reads them all and catches damage in the middle."""
+    import msdn.data.cache as cache_mod
+    monkeypatch.setattr(cache_mod, "DIGEST_BLOCK_BYTES", 64)  # a tiny cache, many blocks
+    monkeypatch.setattr(cache_mod, "SPOT_CHECKS", 0)
+    write_tiny(tmp_path)
+    cache = Path(load_benchmark("cub", tmp_path, progress=quiet).features.filename)
+    offset = np.load(cache, mmap_mode="r").offset
+    _garble(cache, offset + 64 * 5 + 3, n=2)  # block 5: neither the first nor the last
+    shape = (K * N_PER_CLASS, C, H, W)
+    assert cache_problem(cache, shape) is None
+    assert "block 5 of its data" in cache_problem(cache, shape, full=True)
+    lines: list[str] = []
+    load_benchmark("cub", tmp_path, progress=lines.append, verify_cache=True)
+    assert any("block 5" in line for line in lines) and cache_problem(cache, shape, full=True) is None
+
+
+def test_damaged_cache_in_a_read_only_folder_is_refused(tmp_path, monkeypatch):
+    write_tiny(tmp_path)
+    cache = Path(load_benchmark("cub", tmp_path, progress=quiet).features.filename)
+    _garble(cache, cache.stat().st_size - 100)
+
+    def read_only(self, *args, **kwargs):  # what a read-only folder does (chmod does not stop root)
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "touch", read_only)
+    with pytest.raises(DataError, match="cannot be rebuilt") as err:
+        load_benchmark("cub", tmp_path, progress=quiet)
+    assert str(cache) in str(err.value) and "does not match the digest" in str(err.value)
+
+
+def test_read_rows_names_a_non_finite_row(tmp_path):
+    path = tmp_path / "features_f16_x.npy"
+    feats = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(10, 3, 4))
+    feats[:] = 1.0
+    feats[7, 2, 1] = np.inf
+    feats.flush()
+    mapped = np.load(path, mmap_mode="r")
+    assert read_rows(mapped, np.array([3, 1])).shape == (2, 3, 4)
+    with pytest.raises(DataError) as err:
+        read_rows(mapped, np.array([2, 7, 0]))
+    assert str(path) in str(err.value) and "image 7" in str(err.value) and "msdn.data.verify" in str(err.value)
+    with pytest.raises(DataError, match="the feature array: image 1 "):
+        read_rows(np.array([[0.0], [np.nan]], dtype=np.float32), np.array([1]))
 
 
 def _load_cache_path(root: str) -> str:

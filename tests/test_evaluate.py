@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+from msdn.cli import CheckpointError
 from msdn.evaluate import fused_scores, load_checkpoint_model, model_from_authors_state_dict
 
 I, D, C, K = 7, 6, 10, 5
@@ -71,11 +72,11 @@ def test_fused_scores_remove_margin_and_keep_order():
 def test_missing_authors_keys_and_foreign_files_are_reported(tmp_path):
     sd = authors_state_dict()
     del sd["W_2_1"]
-    with pytest.raises(KeyError, match="W_2_1"):
+    with pytest.raises(CheckpointError, match=r"the state dict: the authors' MSDN state dict lacks \['W_2_1'\]"):
         model_from_authors_state_dict(sd)
     other = tmp_path / "other.pt"
     torch.save({"weights": torch.zeros(2)}, other)
-    with pytest.raises(ValueError, match="other.pt.*not an msdn-tune checkpoint"):
+    with pytest.raises(CheckpointError, match="other.pt.*not an msdn-tune checkpoint"):
         load_checkpoint_model(other)
     with pytest.raises(FileNotFoundError, match="nope.pt"):
         load_checkpoint_model(tmp_path / "nope.pt")

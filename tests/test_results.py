@@ -116,3 +116,23 @@ def test_summary_and_end_lines(space, tmp_path):
     assert lines[1].startswith("best trial c at epoch 2: H=0.7000")
     assert lines[2] == "TEST (refit on trainval, 2 epochs, gamma=0.50): S=0.5000 U=0.5000 H=0.5000 ZSL=0.5000"
     assert lines[-1].startswith("MLflow:  mlflow ui --backend-store-uri sqlite:///x.db")
+
+
+def test_a_study_that_failed_at_start_leaves_nothing_that_blocks_a_retry(tmp_path):
+    from msdn.study.options import StudyOptions, experiment_path
+    from msdn.study.runner import remove_unstarted_experiment
+
+    opts = StudyOptions(dataset="synthetic", search_space=Path("x.yaml"), storage_path=str(tmp_path),
+                        experiment="exp")
+    folder = Path(experiment_path(opts))
+    folder.mkdir()
+    (folder / "tuner.pkl").write_bytes(b"state of a Tuner that never ran a trial")
+    assert remove_unstarted_experiment(opts) and not folder.exists()
+
+    folder.mkdir()
+    (folder / "tuner.pkl").write_bytes(b"x")
+    (folder / "train_msdn_0001").mkdir()  # a trial started: its checkpoints may be worth resuming
+    assert not remove_unstarted_experiment(opts) and (folder / "tuner.pkl").is_file()
+    uri_opts = StudyOptions(dataset="synthetic", search_space=Path("x.yaml"), storage_path="s3://bucket/p",
+                            experiment="exp")
+    assert not remove_unstarted_experiment(uri_opts)  # object storage is never deleted from

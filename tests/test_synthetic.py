@@ -1,7 +1,9 @@
 """Tests for msdn/synthetic.py: deterministic, fast, written in the real formats, and learnable but not trivial."""
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +14,7 @@ import pytest
 import scipy.io
 
 from msdn import synthetic
-from msdn.data import benchmark_paths, load_benchmark, load_numpy_pickle, make_split
+from msdn.data import DataError, benchmark_paths, load_benchmark, load_numpy_pickle, make_split
 
 
 @pytest.fixture
@@ -72,18 +74,83 @@ def test_deterministic_for_a_seed(root, tmp_path):
         assert other.labels.size != fa["labels"].shape[0] or not np.array_equal(other.labels, fa["labels"][()])
 
 
-def test_complete_set_is_reused_and_half_written_set_regenerated(root, tmp_path):
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_complete_set_is_reused_and_interrupted_write_regenerated(tmp_path):
     synthetic.ensure_synthetic(tmp_path, progress=None)
     hdf5 = benchmark_paths("synthetic", tmp_path).hdf5
     mtime = hdf5.stat().st_mtime_ns
     synthetic.ensure_synthetic(tmp_path, progress=None)
     assert hdf5.stat().st_mtime_ns == mtime
-    (tmp_path / "SYNTHETIC" / synthetic.MARKER).unlink()  # as if interrupted before the marker
-    hdf5.write_bytes(b"truncated")
+    # As if killed while renaming into place: the marker vouches for the files, the HDF5 (renamed last) is absent.
+    marker = tmp_path / "SYNTHETIC" / synthetic.MARKER
+    info = json.loads(marker.read_text())
+    marker.write_text(json.dumps({**info, "state": "writing"}))
+    hdf5.unlink()
     lines: list[str] = []
     load_benchmark("synthetic", tmp_path, progress=lines.append)
-    assert any("generating" in line for line in lines)
+    assert any("generating" in line for line in lines) and hdf5.is_file()
+    assert json.loads(marker.read_text())["state"] == "complete"
     assert not [p for p in tmp_path.rglob("*") if ".tmp-" in p.name]
+
+
+def test_files_without_a_marker_are_read_never_regenerated(synthetic_root, tmp_path):
+    """A root whose marker is gone holds someone's files: loading reads them as they are (here: a truncated
+    HDF5, reported), and generating refuses, listing them; nothing is written."""
+    root = tmp_path / "data"
+    shutil.copytree(synthetic_root, root, ignore=shutil.ignore_patterns("cache"))
+    (root / "SYNTHETIC" / synthetic.MARKER).unlink()
+    hdf5 = benchmark_paths("synthetic", root).hdf5
+    hdf5.write_bytes(hdf5.read_bytes()[:4096])
+    before = _snapshot(root)
+    with pytest.raises(DataError, match="cannot open as HDF5") as err:
+        load_benchmark("synthetic", root, progress=None)
+    assert str(hdf5) in str(err.value)
+    with pytest.raises(DataError, match="refusing to write the synthetic benchmark") as err:
+        synthetic.ensure_synthetic(root, progress=None)
+    for p in benchmark_paths("synthetic", root).__dict__.values():
+        if isinstance(p, Path) and p.suffix in (".hdf5", ".mat", ".pkl"):
+            assert p.exists() == (str(p) in str(err.value))
+    assert _snapshot(root) == before
+
+
+def test_modified_file_and_removed_file_stop_a_regeneration(synthetic_root, tmp_path):
+    """The issue's case: one optional file removed, the HDF5 modified; another seed must not overwrite them."""
+    root = tmp_path / "data"
+    shutil.copytree(synthetic_root, root, ignore=shutil.ignore_patterns("cache"))
+    p = benchmark_paths("synthetic", root)
+    p.res101.unlink()
+    with h5py.File(p.hdf5, "r+") as f:
+        f["original_att"][0, 0] = 0.5  # an edit that keeps the file valid
+    before = _snapshot(root)
+    with pytest.raises(DataError) as err:
+        synthetic.ensure_synthetic(root, seed=1, progress=None)
+    msg = str(err.value)
+    assert f"{p.hdf5}: differs from what msdn.synthetic wrote" in msg
+    assert f"{p.res101}: missing, but listed as written" in msg and "empty --data-root" in msg
+    assert _snapshot(root) == before
+    load_benchmark("synthetic", root, progress=None)  # reads the user's files as they are
+    assert {k: v for k, v in _snapshot(root).items() if "cache" not in k} == before
+
+
+def test_own_output_is_regenerated_for_another_seed(tmp_path):
+    synthetic.ensure_synthetic(tmp_path, seed=3, progress=None)
+    synthetic.ensure_synthetic(tmp_path, seed=4, progress=None)
+    assert json.loads((tmp_path / "SYNTHETIC" / synthetic.MARKER).read_text())["seed"] == 4
+    with h5py.File(benchmark_paths("synthetic", tmp_path).hdf5, "r") as f:
+        assert np.array_equal(f["labels"][()], synthetic.generate(seed=4).labels)
+
+
+def test_data_root_that_is_a_file(tmp_path):
+    path = tmp_path / "data"
+    path.write_text("not a folder")
+    with pytest.raises(DataError, match=f"--data-root {path} is a file; expected a folder"):
+        synthetic.ensure_synthetic(path, progress=None)
+    with pytest.raises(DataError, match="is a file; expected a folder"):
+        load_benchmark("synthetic", path, progress=None)
+    assert path.read_text() == "not a folder"
 
 
 def test_learnable_but_not_trivial(root):

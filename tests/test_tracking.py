@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from msdn.study import tracking
+from msdn.study.tracking.writer import TrackingWriter
 
 MAX_EPOCHS = 3
 
@@ -46,10 +47,26 @@ def study(store, request):
     return uri, experiment_id, parent.info.run_id
 
 
-def callback(study) -> tracking.MLflowStudyCallback:
+@pytest.fixture
+def writers():
+    """Writers made by a test, closed after it."""
+    made: list[TrackingWriter] = []
+    yield made
+    for writer in made:
+        writer.close(30)
+
+
+def callback(study, writers, stop=None) -> tracking.MLflowStudyCallback:
     uri, experiment_id, parent_run_id = study
-    return tracking.MLflowStudyCallback(uri, experiment_id, parent_run_id, MAX_EPOCHS,
-                                        tags={tracking.STUDY_TAG: "trial", "dataset": "synthetic"})
+    writer = TrackingWriter(uri, progress=None)
+    writers.append(writer)
+    return tracking.MLflowStudyCallback(writer, experiment_id, parent_run_id, MAX_EPOCHS,
+                                        tags={tracking.STUDY_TAG: "trial", "dataset": "synthetic"}, stop=stop)
+
+
+def sync(cb: tracking.MLflowStudyCallback) -> None:
+    """Wait until the callback's writer has logged everything queued so far."""
+    assert cb.writer.flush(60), cb.writer.pending()
 
 
 def report(cb: tracking.MLflowStudyCallback, trial: FakeTrial, epoch: int) -> None:
@@ -74,8 +91,8 @@ def steps(study, run, metric: str = "H") -> list[int]:
     return sorted(m.step for m in tracking.client(study[0]).get_metric_history(run.info.run_id, metric))
 
 
-def test_one_child_run_per_trial_with_params_metrics_and_final_state(study):
-    cb = callback(study)
+def test_one_child_run_per_trial_with_params_metrics_and_final_state(study, writers):
+    cb = callback(study, writers)
     full, early = FakeTrial("t1", {"lr": 5e-4, "momentum": 0.9}), FakeTrial("t2", {"lr": 1e-3, "momentum": 0.0})
     for trial in (full, early):
         cb.on_trial_start(0, [], trial)
@@ -84,6 +101,7 @@ def test_one_child_run_per_trial_with_params_metrics_and_final_state(study):
     report(cb, early, 1)
     cb.on_trial_complete(0, [], early)  # ASHA stopped it after one epoch
     cb.on_trial_complete(0, [], full)
+    sync(cb)
 
     runs = children(study)
     assert set(runs) == {"t1", "t2"}
@@ -103,19 +121,23 @@ def test_one_child_run_per_trial_with_params_metrics_and_final_state(study):
     assert set(t1.data.metrics) == {"S", "U", "H", "zsl_acc", "loss"}
 
 
-def test_resumed_driver_continues_each_trials_run_without_repeating_epochs(study):
-    first = callback(study)
+def test_resumed_driver_continues_each_trials_run_without_repeating_epochs(study, writers):
+    first = callback(study, writers)
     trial = FakeTrial("t1", {"lr": 5e-4})
     first.on_trial_start(0, [], trial)
     report(first, trial, 1)
     report(first, trial, 2)
-    # the driver dies; a new one restores the pickled callback (Tune keeps it with the experiment)
-    resumed = pickle.loads(pickle.dumps(first))
-    assert resumed._runs == {} and resumed._client is None
+    sync(first)
+    # Tune pickles callbacks with the experiment: no writer, thread or run bookkeeping goes with it
+    restored = pickle.loads(pickle.dumps(first))
+    assert not isinstance(restored, tracking.MLflowStudyCallback)
+    # the driver dies; the resumed study builds a new callback on the same parent run
+    resumed = callback(study, writers)
     resumed.on_trial_start(0, [], trial)
     for epoch in (1, 2, 3):  # Tune re-sends the results after the last checkpoint
         report(resumed, trial, epoch)
     resumed.on_trial_complete(0, [], trial)
+    sync(resumed)
 
     runs = children(study)
     assert list(runs) == ["t1"]  # the same run, not a second one
@@ -123,14 +145,15 @@ def test_resumed_driver_continues_each_trials_run_without_repeating_epochs(study
     assert runs["t1"].data.tags["trial_state"] == "completed" and runs["t1"].info.status == "FINISHED"
 
 
-def test_errored_trial_fails_its_run_with_the_error(study, tmp_path):
+def test_errored_trial_fails_its_run_with_the_error(study, writers, tmp_path):
     error_file = tmp_path / "error.txt"
     error_file.write_text("Traceback ...\nRuntimeError: training diverged\n")
-    cb = callback(study)
+    cb = callback(study, writers)
     trial = FakeTrial("t1", {"lr": 1.0}, error_file=str(error_file))
     cb.on_trial_start(0, [], trial)
     report(cb, trial, 1)
     cb.on_trial_error(0, [], trial)
+    sync(cb)
 
     run = children(study)["t1"]
     assert run.info.status == "FAILED" and run.data.tags["trial_state"] == "errored"
@@ -139,41 +162,65 @@ def test_errored_trial_fails_its_run_with_the_error(study, tmp_path):
     assert artifacts == ["error.txt"]
 
 
-def test_recovered_trial_counts_retries_and_keeps_its_run(study, tmp_path):
+def test_recovered_trial_counts_retries_and_keeps_its_run(study, writers, tmp_path):
     error_file = tmp_path / "error.txt"
     error_file.write_text("the node died\n")
-    cb = callback(study)
+    cb = callback(study, writers)
     trial = FakeTrial("t1", {"lr": 5e-4}, error_file=str(error_file))
     cb.on_trial_start(0, [], trial)
     report(cb, trial, 1)
     cb.on_trial_recover(0, [], trial)
+    sync(cb)
     run = children(study)["t1"]
     assert run.data.tags["trial_state"] == "retrying" and run.data.tags["retries"] == "1"
     assert run.data.tags["retry_1_error"] == "the node died\n"
 
     cb.on_trial_recover(0, [], trial)
+    sync(cb)
     assert children(study)["t1"].data.tags["retries"] == "2"
     cb.on_trial_start(0, [], trial)  # restarted, perhaps on another node: placement is recorded again
     report(cb, trial, 2)
     cb.on_trial_complete(0, [], trial)
+    sync(cb)
     runs = children(study)
     assert list(runs) == ["t1"] and runs["t1"].data.tags["trial_state"] == "stopped_early"
     assert steps(study, runs["t1"]) == [1, 2]
 
 
-def test_close_open_runs_ends_only_unfinished_trials(study):
-    cb = callback(study)
+def test_close_open_runs_ends_only_unfinished_trials(study, writers):
+    cb = callback(study, writers)
     done, running = FakeTrial("t1", {"lr": 5e-4}), FakeTrial("t2", {"lr": 1e-3})
     for trial in (done, running):
         cb.on_trial_start(0, [], trial)
         report(cb, trial, 1)
     cb.on_trial_complete(0, [], done)
-
-    assert cb.close_open_runs("KILLED") == 1
+    cb.close_open_runs("KILLED")
+    sync(cb)
     runs = children(study)
     assert runs["t1"].info.status == "FINISHED" and runs["t1"].data.tags["trial_state"] == "stopped_early"
     assert runs["t2"].info.status == "KILLED" and runs["t2"].data.tags["trial_state"] == "interrupted"
-    assert cb.close_open_runs("KILLED") == 0  # nothing left open
+
+
+class StopAsked:
+    """What the callback reads of msdn.study.interrupt.StopRequests."""
+
+    requested = True
+
+
+def test_trials_ending_after_a_stop_request_are_interrupted_not_finished(study, writers):
+    cb = callback(study, writers, stop=StopAsked())
+    short, full = FakeTrial("t1", {"lr": 5e-4}), FakeTrial("t2", {"lr": 1e-3})
+    for trial in (short, full):
+        cb.on_trial_start(0, [], trial)
+    report(cb, short, 1)
+    for epoch in range(1, MAX_EPOCHS + 1):
+        report(cb, full, epoch)
+    cb.on_trial_complete(0, [], short)  # Tune ends running trials when it stops: not ASHA's decision
+    cb.on_trial_complete(0, [], full)  # it had reached max epochs before the stop
+    sync(cb)
+    runs = children(study)
+    assert runs["t1"].info.status == "KILLED" and runs["t1"].data.tags["trial_state"] == "interrupted"
+    assert runs["t2"].info.status == "FINISHED" and runs["t2"].data.tags["trial_state"] == "completed"
 
 
 def test_scalar_metrics_keeps_finite_numbers_of_the_model_only():

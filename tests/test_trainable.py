@@ -94,3 +94,168 @@ def test_invalid_values_are_refused_with_the_field(sampled, expected):
     with pytest.raises(ValueError) as err:
         trial_config(base(), sampled, seed=0)
     assert expected in str(err.value)
+
+
+# ----------------------------------------------------------------------------- checkpoint_due
+@pytest.mark.parametrize("every, last, expected", [
+    (1, 5, [1, 2, 3, 4, 5]),
+    (3, 8, [3, 6, 8]),  # the last epoch always, so a finished trial has its final state
+    (10, 4, [4]),
+])
+def test_checkpoint_every_n_epochs_and_the_last(every, last, expected):
+    from msdn.study.trainable import checkpoint_due
+
+    assert [e for e in range(1, last + 1) if checkpoint_due(e, last, every)] == expected
+
+
+# ----------------------------------------------------------------------------- WorkerCache
+def _data_files(root):
+    """Small stand-ins for every file data_signature stats (their contents are never read here)."""
+    from msdn.data import benchmark_paths
+
+    paths = benchmark_paths("synthetic", root)
+    for path in (paths.hdf5, paths.att_splits, paths.res101, paths.w2v_pkl):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+    return paths
+
+
+@pytest.fixture
+def counted_loads(monkeypatch):
+    """load_benchmark and make_split replaced by counters that return fresh objects."""
+    import msdn.data
+
+    calls = {"load": 0, "split": []}
+
+    def load(dataset, data_root, progress=None):
+        calls["load"] += 1
+        return object()
+
+    def split(bench, protocol, val_fraction=0.2, seed=0):
+        calls["split"].append((protocol, val_fraction, seed))
+        return object()
+
+    monkeypatch.setattr(msdn.data, "load_benchmark", load)
+    monkeypatch.setattr(msdn.data, "make_split", split)
+    return calls
+
+
+def test_a_warm_worker_opens_the_data_once(tmp_path, counted_loads):
+    from msdn.study.trainable import DataSpec, WorkerCache
+
+    _data_files(tmp_path)
+    cache, spec = WorkerCache(), DataSpec("synthetic", str(tmp_path))
+    first = cache.open(spec, "val", 0.2, 0)
+    again = cache.open(spec, "val", 0.2, 0)
+    assert again[0] is first[0] and again[1] is first[1]
+    assert counted_loads["load"] == 1 and counted_loads["split"] == [("val", 0.2, 0)]
+
+
+def test_each_protocol_and_holdout_gets_its_own_split(tmp_path, counted_loads):
+    from msdn.study.trainable import DataSpec, WorkerCache
+
+    _data_files(tmp_path)
+    cache, spec = WorkerCache(), DataSpec("synthetic", str(tmp_path))
+    benches = {cache.open(spec, *key)[0] for key in [("val", 0.2, 0), ("paper", 0.2, 0), ("val", 0.3, 0), ("val", 0.2, 1)]}
+    assert len(benches) == 1 and counted_loads["load"] == 1
+    assert len(counted_loads["split"]) == 4
+
+
+@pytest.mark.parametrize("change", ["att_splits", "w2v_pkl", "hdf5", "cache", "removed"])
+def test_a_changed_data_file_is_read_again(tmp_path, counted_loads, change):
+    import os
+
+    from msdn.data import cache_path
+    from msdn.study.trainable import DataSpec, WorkerCache
+
+    paths = _data_files(tmp_path)
+    cache_file = cache_path(paths.hdf5, paths.cache_dir)
+    cache_file.parent.mkdir(parents=True)
+    cache_file.write_bytes(b"cache")
+    cache, spec = WorkerCache(), DataSpec("synthetic", str(tmp_path))
+    bench, split = cache.open(spec, "val", 0.2, 0)
+    if change == "removed":
+        paths.res101.unlink()
+    elif change == "hdf5":
+        paths.hdf5.write_bytes(b"a new, longer file")  # also a new cache name (keyed by the HDF5)
+    else:
+        target = cache_file if change == "cache" else getattr(paths, change)
+        st = target.stat()
+        os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # touched: same size, newer
+    again = cache.open(spec, "val", 0.2, 0)
+    assert counted_loads["load"] == 2 and again[0] is not bench and again[1] is not split
+    assert cache.open(spec, "val", 0.2, 0)[0] is again[0]  # and cached again from then on
+
+
+def test_worker_cache_opens_the_real_benchmark(synthetic_root):
+    from msdn.data import load_benchmark, make_split
+    from msdn.study.trainable import DataSpec, WorkerCache
+
+    bench, split = WorkerCache().open(DataSpec("synthetic", str(synthetic_root)), "val", 0.2, 0)
+    expected = make_split(load_benchmark("synthetic", synthetic_root, progress=None), "val", val_fraction=0.2, seed=0)
+    assert bench.features.shape[0] == len(bench.labels)
+    assert (split.train_idx == expected.train_idx).all() and (split.eval_unseen_idx == expected.eval_unseen_idx).all()
+
+
+def test_resident_features_follow_their_benchmark(tmp_path, counted_loads):
+    from types import SimpleNamespace
+
+    import torch
+
+    from msdn.study.trainable import DataSpec, WorkerCache
+
+    paths = _data_files(tmp_path)
+    cache, spec = WorkerCache(), DataSpec("synthetic", str(tmp_path))
+    bench, _ = cache.open(spec, "val", 0.2, 0)
+    assert cache.resident_features(spec, bench, "cpu") is None
+    features = object()
+    cache.keep_resident(spec, bench, SimpleNamespace(features_on_device=features, device=torch.device("cpu")))
+    assert cache.resident_features(spec, bench, "cpu") is features
+    paths.att_splits.write_bytes(b"changed")
+    reloaded, _ = cache.open(spec, "val", 0.2, 0)
+    assert cache.resident_features(spec, reloaded, "cpu") is None  # made from the old files: dropped
+
+
+# ----------------------------------------------------------------------------- timings
+def test_result_timer_turns_stamps_into_durations():
+    import time
+
+    from msdn.study import timing
+
+    timer = timing.ResultTimer()
+    timer.setup()
+    now = time.time()
+    result = {timing.REPORTED_AT: now - 0.25, "H": 0.5}
+    timer.on_trial_result(0, [], None, result)
+    assert timing.REPORTED_AT not in result and 0.25 <= result[timing.TIME_TO_DRIVER] < 5
+    # A process Ray started long before the study counts from the loop's start only.
+    result = {timing.TIME_WORKER_START: 100.0, timing.WORKER_READY_AT: timer.loop_started_at + 2.0}
+    timer.on_trial_result(0, [], None, result)
+    assert result[timing.TIME_WORKER_START] == pytest.approx(2.0) and timing.WORKER_READY_AT not in result
+    result = {timing.TIME_WORKER_START: 1.5, timing.WORKER_READY_AT: timer.loop_started_at + 2.0}
+    timer.on_trial_result(0, [], None, result)
+    assert result[timing.TIME_WORKER_START] == 1.5  # started during the loop: as measured
+
+
+def test_process_start_time_is_in_the_past():
+    import time
+
+    from msdn.study.timing import process_start_time
+
+    started = process_start_time()
+    if started is None:
+        pytest.skip("no /proc on this system")
+    assert 0 < time.time() - started < 24 * 3600
+
+
+def test_gpu_share_from_the_trial_resources():
+    from types import SimpleNamespace
+
+    from msdn.study.trainable import trial_gpu_share
+
+    def context(resources):
+        return SimpleNamespace(get_trial_resources=lambda: SimpleNamespace(required_resources=resources))
+
+    assert trial_gpu_share(context({"CPU": 1.0, "GPU": 0.25})) == 0.25
+    assert trial_gpu_share(context({"CPU": 1.0})) is None
+    assert trial_gpu_share(SimpleNamespace()) is None  # not under Tune

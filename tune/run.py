@@ -50,17 +50,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default="data")
     p.add_argument("--device", default="auto", help="device inside each trial (auto: its GPU share if any, else CPU)")
     p.add_argument("--max-failures", type=int, default=1, help="retries of a trial whose worker or node died")
+    p.add_argument("--tracking-timeout", type=float, default=300.0,
+                   help="seconds to wait at the end for an unreachable MLflow store before giving up (exit 3)")
     p.add_argument("--no-refit", action="store_true", help="skip retraining the best configuration on trainval")
+    p.add_argument("--checkpoint-every", type=_positive_int, default=1, metavar="N",
+                   help="epochs between a trial's checkpoints (its last epoch is always checkpointed); "
+                        "an interrupted trial redoes at most N - 1 epochs")
+    p.add_argument("--no-reuse-workers", action="store_true",
+                   help="start a fresh worker process for every trial instead of reusing them")
     return p
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: expected an integer >= 1")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from msdn.data import DataError
-    from msdn.study.options import StudyError, StudyFailed, StudyOptions
-    from msdn.study.runner import run_study
+    """The study under the project's error policy (msdn/cli.py, docs/errors.md)."""
+    from msdn.cli import run_cli
+    from msdn.study.options import StudyError
     from msdn.study.search_space import SearchSpaceError
     from msdn.study.tracking import TrackingError
+
+    return run_cli(study, argv, expected=(SearchSpaceError, TrackingError, StudyError))
+
+
+def study(argv: list[str] | None = None) -> int:
+    """Parse the flags, run the study; exit 0, 1 (no result), 3 (tracking incomplete) or 130 (interrupted)."""
+    args = build_parser().parse_args(argv)
+    from msdn.cli import EXIT_INTERRUPTED, EXIT_TRACKING
+    from msdn.study.options import StudyFailed, StudyOptions
+    from msdn.study.runner import run_study
 
     options = StudyOptions(
         dataset=args.dataset,
@@ -70,13 +93,20 @@ def main(argv: list[str] | None = None) -> int:
         storage_path=args.storage_path, mlflow_uri=args.mlflow_uri, experiment=args.experiment,
         protocol=args.protocol, resume=args.resume, seed=args.seed, data_root=args.data_root,
         refit=not args.no_refit, device=args.device, max_failures=args.max_failures,
+        tracking_timeout=args.tracking_timeout, checkpoint_every=args.checkpoint_every,
+        reuse_workers=not args.no_reuse_workers,
     )
     try:
         result = run_study(options)
-    except (DataError, SearchSpaceError, TrackingError, StudyError) as exc:
+    except StudyFailed as exc:  # it ran, but produced no result: not bad input
         print(f"error: {exc}", file=sys.stderr)
-        return 1 if isinstance(exc, StudyFailed) else 2
-    return 130 if result.interrupted else 0
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted before the study started; nothing was stored", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if result.interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_TRACKING if result.unlogged else 0
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..progress import Progress
 from .cache import open_cache
-from .layout import benchmark_paths, check_data_present, dataset_dir_name
+from .layout import benchmark_paths, check_data_present, check_data_root, dataset_dir_name
 from .metadata import check_res101, check_splits, read_att_splits, read_hdf5_meta, resolve_w2v
 
 
@@ -43,20 +43,23 @@ class Benchmark:
 
 
 def load_benchmark(dataset: str, data_root: str | Path, *, progress: Progress = print,
-                   cache_dir: str | Path | None = None) -> Benchmark:
+                   cache_dir: str | Path | None = None, verify_cache: bool = False) -> Benchmark:
     """Validate the files of `dataset` under `data_root` and return the benchmark with cached features.
 
     All metadata is checked before the (possibly long) float16 cache conversion. `synthetic` is generated
-    under `data_root` on first use. `cache_dir` overrides DATA_ROOT/<DS>/cache (e.g. for read-only data).
+    under `data_root` on first use, i.e. when its feature file is absent; files already there are read as
+    they are, never regenerated (msdn.synthetic refuses to overwrite what it cannot prove it wrote).
+    `cache_dir` overrides DATA_ROOT/<DS>/cache (e.g. for read-only data). The cache is checked cheaply when
+    opened; `verify_cache` checks every block of it (msdn.data.cache).
     """
     dataset_dir_name(dataset)
-    if dataset == "synthetic":
-        from ..synthetic import ensure_synthetic, synthetic_present
-
-        if not synthetic_present(data_root):  # keep a set generated with another seed (--seed N)
-            ensure_synthetic(data_root, progress=progress)
-    check_data_present(dataset, data_root)
+    check_data_root(data_root)
     paths = benchmark_paths(dataset, data_root)
+    if dataset == "synthetic" and not paths.hdf5.exists():
+        from ..synthetic import ensure_synthetic
+
+        ensure_synthetic(data_root, progress=progress)
+    check_data_present(dataset, data_root)
     meta = read_hdf5_meta(paths.hdf5)
     check_splits(meta, paths.hdf5)
     if paths.att_splits.is_file():
@@ -72,7 +75,8 @@ def load_benchmark(dataset: str, data_root: str | Path, *, progress: Progress = 
     if dataset == "awa2":
         att = np.maximum(att, 0.0)  # the authors clamp AwA2's few negative predicate values
     n, c, h, w = meta.shape
-    feats = open_cache(paths.hdf5, Path(cache_dir) if cache_dir else paths.cache_dir, meta.shape, progress)
+    feats = open_cache(paths.hdf5, Path(cache_dir) if cache_dir else paths.cache_dir, meta.shape, progress,
+                       verify=verify_cache)
     k = att.shape[0]
     names = meta.class_names or tuple(f"class_{j:03d}" for j in range(k))
     return Benchmark(

@@ -3,9 +3,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..cli import ExpectedError
 
-class DataError(ValueError):
-    """A benchmark file is missing or does not hold what MSDN expects; the message says what and where."""
+
+class DataError(ExpectedError):
+    """A benchmark file is missing or does not hold what MSDN expects; the message says what and where.
+
+    An expected failure (msdn.cli): the commands print its message and exit with 2, without a traceback.
+    """
 
 
 def fail(path: Path, key: str, found: str, expected: str, hint: str = "") -> DataError:

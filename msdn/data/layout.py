@@ -84,14 +84,25 @@ def missing_data_message(dataset: str, data_root: str | Path, missing: Path) -> 
     )
 
 
+def check_data_root(data_root: str | Path) -> None:
+    """DataError when the data root exists but is not a folder (a missing one is created or reported later)."""
+    root = Path(data_root)
+    if root.exists() and not root.is_dir():
+        raise DataError(f"--data-root {root} is a file; expected a folder (the data root that holds <DS>/, "
+                        "xlsa17/ and w2v/, see docs/data.md)")
+
+
 def check_data_present(dataset: str, data_root: str | Path) -> None:
     """Cheap existence check (no file is opened); raises DataError with instructions when data is missing.
 
-    The synthetic benchmark is generated on first use, so it always passes.
+    The synthetic benchmark is generated on first use, so only a data root that is a file fails it.
     """
     dataset_dir_name(dataset)
+    check_data_root(data_root)
     if dataset == "synthetic":
         return
     hdf5 = benchmark_paths(dataset, data_root).hdf5
+    if hdf5.is_dir():
+        raise DataError(f"{hdf5} is a folder; expected the HDF5 feature file of {dataset} (see docs/data.md)")
     if not hdf5.is_file():
         raise DataError(missing_data_message(dataset, data_root, hdf5))

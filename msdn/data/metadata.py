@@ -42,30 +42,41 @@ def read_hdf5_meta(path: Path) -> Meta:
         raise DataError(f"{path}: cannot open as HDF5 ({exc}); expected the feature file written by the authors' "
                         "preprocessing or msdn.prepare") from None
     with f:
-        def get(key: str, required: bool = True):
-            if key not in f:
-                if not required:
-                    return None
-                raise fail(path, key, f"no such dataset (present: {', '.join(sorted(f.keys())) or 'none'})",
-                           "the key written by the authors' preprocessing")
-            if not isinstance(f[key], h5py.Dataset):
-                raise fail(path, key, "a group", "a dataset")
-            return f[key]
+        try:
+            return _meta_from(f, path)
+        except (OSError, RuntimeError) as exc:  # h5py's errors for damaged metadata or data blocks
+            raise DataError(f"{path}: cannot read ({type(exc).__name__}: {exc}); the HDF5 file is damaged: expected "
+                            "the feature file written by the authors' preprocessing or msdn.prepare") from None
 
-        fm = get("feature_map")
-        if fm.ndim != 4 or fm.dtype.kind != "f":
-            raise fail(path, "feature_map", f"{fm.dtype} array of shape {fm.shape}",
-                       "a float array N x C x H x W (e.g. N x 2048 x 14 x 14)")
-        shape = tuple(int(s) for s in fm.shape)
-        n = shape[0]
-        labels = as_vector(get("labels")[()], path, "labels")
-        if labels.shape[0] != n:
-            raise fail(path, "labels", f"{labels.shape[0]} labels", f"one per image of feature_map ({n})")
-        labels = as_index(labels, path, "labels", None, one_based=False)
-        locs = {k: as_index(get(k)[()], path, k, n, one_based=False) for k in LOC_KEYS}
-        att = check_matrix(get("att")[()], path, "att")
-        w2v = get("w2v_att", required=False)
-        w2v = None if w2v is None else check_matrix(w2v[()], path, "w2v_att")
+
+def _meta_from(f, path: Path) -> Meta:
+    """read_hdf5_meta's reading and validation of the open file `f`."""
+    import h5py
+
+    def get(key: str, required: bool = True):
+        if key not in f:
+            if not required:
+                return None
+            raise fail(path, key, f"no such dataset (present: {', '.join(sorted(f.keys())) or 'none'})",
+                       "the key written by the authors' preprocessing")
+        if not isinstance(f[key], h5py.Dataset):
+            raise fail(path, key, "a group", "a dataset")
+        return f[key]
+
+    fm = get("feature_map")
+    if fm.ndim != 4 or fm.dtype.kind != "f":
+        raise fail(path, "feature_map", f"{fm.dtype} array of shape {fm.shape}",
+                   "a float array N x C x H x W (e.g. N x 2048 x 14 x 14)")
+    shape = tuple(int(s) for s in fm.shape)
+    n = shape[0]
+    labels = as_vector(get("labels")[()], path, "labels")
+    if labels.shape[0] != n:
+        raise fail(path, "labels", f"{labels.shape[0]} labels", f"one per image of feature_map ({n})")
+    labels = as_index(labels, path, "labels", None, one_based=False)
+    locs = {k: as_index(get(k)[()], path, k, n, one_based=False) for k in LOC_KEYS}
+    att = check_matrix(get("att")[()], path, "att")
+    w2v = get("w2v_att", required=False)
+    w2v = None if w2v is None else check_matrix(w2v[()], path, "w2v_att")
     return Meta(shape=shape, labels=labels, att=att, w2v_att=w2v, locs=locs,  # type: ignore[arg-type]
                 train_loc=None, val_loc=None, class_names=None)
 

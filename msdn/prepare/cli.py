@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 from pathlib import Path
+from typing import Sequence
 
 from ..config import REAL_DATASETS
+from ..cli import cli_entry, device_flag
 from ..data import DataError, benchmark_paths, load_benchmark
-from ..device import resolve_device
 from ..fsutil import atomic_path
 from ..progress import Progress, silent, to_stderr
 from .backbone import RANDOM_WEIGHTS, build_backbone, resolve_weights
@@ -40,6 +40,8 @@ def main(args: argparse.Namespace, progress: Progress = to_stderr) -> Path:
     import torch
 
     say = progress or silent
+    check_folders(args)
+    device = device_flag(args.device)
     if args.image_size < 32 or args.batch_size < 1 or args.workers < 0:
         raise DataError(f"--image-size {args.image_size} / --batch-size {args.batch_size} / --workers "
                         f"{args.workers}: expected an image size >= 32, a batch size >= 1 and workers >= 0")
@@ -48,10 +50,6 @@ def main(args: argparse.Namespace, progress: Progress = to_stderr) -> Path:
     w2v, w2v_source = load_word_vectors(args.dataset, x.att.shape[1], args.word_vectors, args.attribute_names,
                                         args.xlsa17, progress)
     weights = resolve_weights(args.weights)
-    try:
-        device = resolve_device(args.device)
-    except ValueError as exc:
-        raise DataError(str(exc)) from None
     n, k, i = len(paths), x.att.shape[0], x.att.shape[1]
     say(f"{args.dataset}: {n} images, {k} classes, {i} attributes, trainval/test_seen/test_unseen "
         f"{'/'.join(str(v.size) for v in x.locs.values())}; word vectors {w2v.shape} from {w2v_source}; "
@@ -133,11 +131,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run(argv: list[str] | None = None) -> int:
-    """`python -m msdn.prepare`: 0 when the data is ready, 2 (and the message on stderr) for bad inputs."""
-    try:
-        main(build_parser().parse_args(argv))
-    except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+@cli_entry
+def run(argv: Sequence[str] | None = None) -> int:
+    """`python -m msdn.prepare`: 0 when the data is ready; 2 with the message on stderr for bad inputs (msdn.cli)."""
+    main(build_parser().parse_args(argv))
     return 0
+
+
+def check_folders(args: argparse.Namespace) -> None:
+    """--images and --xlsa17 must be existing folders, --out a folder or a path to create; DataError otherwise."""
+    for flag, value, must_exist in (("--images", args.images, True), ("--xlsa17", args.xlsa17, True),
+                                    ("--out", args.out, False)):
+        path = Path(value)
+        if path.exists() and not path.is_dir():
+            raise DataError(f"{flag} {path} is a file; expected a folder")
+        if must_exist and not path.exists():
+            raise DataError(f"{flag} {path}: no such folder")

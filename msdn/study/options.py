@@ -6,6 +6,8 @@ before Ray starts. Imports stay light: Ray workers import this module (through t
 """
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -41,6 +43,9 @@ class StudyOptions:
     refit: bool = True
     device: str = "auto"
     max_failures: int = 1  # retries of a trial whose worker died (node lost, OOM)
+    tracking_timeout: float = 300.0  # seconds the study waits at its end for an unreachable MLflow store
+    checkpoint_every: int = 1  # epochs between a trial's checkpoints; its last epoch is always checkpointed
+    reuse_workers: bool = True  # trials run in reused worker processes (Tune's reuse_actors)
 
 
 def is_uri(path: str) -> bool:
@@ -66,6 +71,11 @@ def resolve_options(opts: StudyOptions) -> tuple[StudyOptions, SearchSpace]:
         raise StudyError(f"--cpus-per-trial {opts.cpus_per_trial}: expected a positive number of CPUs")
     if opts.gpus_per_trial is not None and opts.gpus_per_trial < 0:
         raise StudyError(f"--gpus-per-trial {opts.gpus_per_trial}: expected 0 or a positive (fractional) GPU share")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", opts.device):
+        raise StudyError(f"--device {opts.device}: expected auto, cpu, cuda or cuda:N (the device inside each trial; "
+                         f"auto takes the trial's GPU share when it has one)")
+    if not opts.tracking_timeout >= 0:
+        raise StudyError(f"--tracking-timeout {opts.tracking_timeout}: expected a number of seconds >= 0")
     check_data_present(opts.dataset, opts.data_root)
     uri = opts.mlflow_uri or tracking.default_tracking_uri()
     tracking.check_tracking_uri(uri)
@@ -77,8 +87,22 @@ def resolve_options(opts: StudyOptions) -> tuple[StudyOptions, SearchSpace]:
     if resolved.max_epochs < space.asha.grace_period:
         raise StudyError(f"--max-epochs {resolved.max_epochs} is below the ASHA grace period "
                          f"{space.asha.grace_period} of {space.path}; expected --max-epochs >= grace_period")
+    if not is_uri(storage):
+        check_local_storage(storage)
     check_storage(resolved)
     return resolved, space
+
+
+def check_local_storage(storage: str) -> None:
+    """--storage-path must be a folder, or creatable as one (no file on the way, writable)."""
+    path = Path(storage)
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise StudyError(f"--storage-path {storage}: {existing} is a file; expected a folder (created if missing) "
+                         f"where Tune keeps the study's results and checkpoints")
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise StudyError(f"--storage-path {storage}: {existing} is not writable; expected a folder this user can "
+                         f"write to")
 
 
 def experiment_path(opts: StudyOptions) -> str:

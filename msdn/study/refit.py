@@ -44,7 +44,11 @@ def refit_best(opts: StudyOptions, base: dict[str, Any], best: TrialSummary, res
         progress(f"\nrefit: training the best configuration on trainval for {epochs} epochs (its best epoch on "
                  f"validation), then evaluating once on the test split ...")
     task = ray.remote(num_cpus=resources["cpu"], num_gpus=resources["gpu"], max_retries=opts.max_failures)(refit_and_test)
+    ref = task.remote(base, best.params, epochs, seed, DataSpec(opts.dataset, opts.data_root))
     try:
-        return ray.get(task.remote(base, best.params, epochs, seed, DataSpec(opts.dataset, opts.data_root)))
+        return ray.get(ref)
+    except KeyboardInterrupt:  # the study was stopped: the refit must not go on, nor be tested
+        ray.cancel(ref, force=True)
+        raise
     except Exception as exc:  # the refit is the study's result: its failure fails the study
         raise StudyFailed(f"the refit of the best configuration failed: {exc}") from exc

@@ -99,3 +99,17 @@ def end_lines(result: StudyResult, opts: StudyOptions, space: SearchSpace) -> li
     else:
         lines.append(f"MLflow:  mlflow ui --backend-store-uri {result.tracking_uri}   (experiment {opts.experiment!r})")
     return lines
+
+
+def unlogged_lines(result: StudyResult, last_error: str | None) -> list[str]:
+    """What the tracking store did not record, and where the results are all the same (Tune's storage)."""
+    lines = []
+    if result.unlogged:
+        shown = "; ".join(result.unlogged[:5]) + (f"; ... ({len(result.unlogged) - 5} more)"
+                                                  if len(result.unlogged) > 5 else "")
+        lines.append(f"MLflow: the tracking store {result.tracking_uri} did not accept {len(result.unlogged)} item(s) "
+                     f"before the study ended (last error: {last_error or 'none'}): {shown}. Not logged; every "
+                     f"trial's results and checkpoints are in {result.experiment_path} (Tune's storage).")
+    for item in result.dropped:
+        lines.append(f"MLflow refused (not retried): {item}")
+    return lines

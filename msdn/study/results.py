@@ -81,6 +81,8 @@ class StudyResult:
     refit: RefitResult | None = None
     interrupted: bool = False
     errors: list[str] = field(default_factory=list)
+    unlogged: list[str] = field(default_factory=list)  # MLflow operations the store never accepted
+    dropped: list[str] = field(default_factory=list)  # MLflow operations the store refused for good
 
 
 def trial_summaries(results: Iterable, metric: str, mode: str, max_epochs: int) -> list[TrialSummary]:

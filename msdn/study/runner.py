@@ -9,7 +9,7 @@ validation protocol) -> plots and summary on the parent run.
 from __future__ import annotations
 
 import os
-import signal
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -18,13 +18,16 @@ from msdn.config import default_config
 from msdn.progress import Progress
 from msdn.study import tracking
 from msdn.study.cluster import check_cluster_storage_and_data, connect_ray, default_concurrency, trial_resources
-from msdn.study.options import StudyFailed, StudyOptions, experiment_path, resolve_options
+from msdn.study.interrupt import StopRequests, forward_stop_callback
+from msdn.study.options import StudyFailed, StudyOptions, experiment_path, is_uri, resolve_options
 from msdn.study.plots import refit_plot, study_plots
 from msdn.study.refit import refit_best
-from msdn.study.report import end_lines, format_table, study_header, summary_dict
+from msdn.study.report import end_lines, format_table, study_header, summary_dict, unlogged_lines
 from msdn.study.results import StudyResult, best_trial, trial_summaries
 from msdn.study.search_space import SearchSpace
+from msdn.study.searcher import StudySearcher
 from msdn.study.tracking import parent
+from msdn.study.tracking.writer import TrackingWriter
 from msdn.study.trainable import DataSpec, train_msdn
 
 # Columns of Tune's progress table while trials run: result key -> header.
@@ -32,7 +35,8 @@ PROGRESS_COLUMNS = {"training_iteration": "epochs", "S": "S", "U": "U", "H": "H"
                     "loss": "loss"}
 
 
-def build_tuner(opts: StudyOptions, space: SearchSpace, resources: dict[str, float], callback, base: dict[str, Any]):
+def build_tuner(opts: StudyOptions, space: SearchSpace, resources: dict[str, float], callbacks: list,
+                base: dict[str, Any]):
     """A new Tuner (OptunaSearch + ASHA + the MLflow callback), or with --resume the stored one restored."""
     # Tune's default output dumps every result in full; a compact table of what matters reads better.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -41,15 +45,27 @@ def build_tuner(opts: StudyOptions, space: SearchSpace, resources: dict[str, flo
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
 
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    from msdn.study.timing import ResultTimer
+
+    # Tune's own result files (progress.csv, result.json) but not its TensorBoard logger: that one fsyncs
+    # on the driver for every result (about 20 ms each, measured by benchmarks/bench_study.py), and MLflow
+    # already records every metric. ResultTimer goes first, so the callbacks after it see its timings.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    callbacks = [ResultTimer(), *callbacks, CSVLoggerCallback(), JsonLoggerCallback()]
     trainable = tune.with_resources(
-        tune.with_parameters(train_msdn, data=DataSpec(opts.dataset, opts.data_root), base=base, study_seed=opts.seed),
+        tune.with_parameters(train_msdn, data=DataSpec(opts.dataset, opts.data_root), base=base, study_seed=opts.seed,
+                             checkpoint_every=opts.checkpoint_every),
         resources,
     )
     if opts.resume:
-        return tune.Tuner.restore(experiment_path(opts), trainable, resume_unfinished=True, resume_errored=True)
-    searcher = OptunaSearch(points_to_evaluate=space.initial_points(opts.dataset) or None, seed=space.sampler_seed)
+        tuner = tune.Tuner.restore(experiment_path(opts), trainable, resume_unfinished=True, resume_errored=True)
+        if tuner._local_tuner is not None:  # Tune restores the pickled callbacks; this run's are live ones
+            tuner._local_tuner.get_run_config().callbacks = callbacks
+        return tuner
+    searcher = StudySearcher(starting_points=space.initial_points(opts.dataset), seed=space.sampler_seed)
     concurrency = opts.max_concurrent or default_concurrency(resources)
     scheduler = ASHAScheduler(time_attr="training_iteration", max_t=opts.max_epochs,
                               grace_period=space.asha.grace_period, reduction_factor=space.asha.reduction_factor)
@@ -61,9 +77,11 @@ def build_tuner(opts: StudyOptions, space: SearchSpace, resources: dict[str, flo
         tune_config=tune.TuneConfig(
             metric=space.metric, mode=space.mode, search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrency),
             scheduler=scheduler, num_samples=opts.num_samples,
+            # A reused worker skips the process start and keeps the opened data (trainable.WorkerCache).
+            reuse_actors=opts.reuse_workers,
         ),
         run_config=tune.RunConfig(
-            name=opts.experiment, storage_path=opts.storage_path, callbacks=[callback],
+            name=opts.experiment, storage_path=opts.storage_path, callbacks=callbacks,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             failure_config=tune.FailureConfig(max_failures=opts.max_failures),
             progress_reporter=reporter, verbose=1,
@@ -71,14 +89,20 @@ def build_tuner(opts: StudyOptions, space: SearchSpace, resources: dict[str, flo
     )
 
 
-def _install_sigterm_as_interrupt() -> None:
-    """SIGTERM (e.g. `kill`, a job scheduler) stops the study like Ctrl+C: state saved, runs closed."""
-    if hasattr(signal, "SIGTERM"):
-        signal.signal(signal.SIGTERM, lambda signum, frame: os.kill(os.getpid(), signal.SIGINT))
-
-
 def run_study(opts: StudyOptions, *, progress: Progress = print) -> StudyResult:
-    """Run (or resume) a study end to end; see the module docstring for the order of work."""
+    """Run (or resume) a study end to end; see the module docstring for the order of work.
+
+    Ctrl+C / SIGTERM make it return an interrupted result (exit 130 in tune/run.py): no refit, runs
+    closed as KILLED. A KeyboardInterrupt escapes only when the stop came before anything was stored.
+    """
+    stop = StopRequests(progress).install()
+    try:
+        return _run(opts, stop, progress)
+    finally:
+        stop.uninstall()
+
+
+def _run(opts: StudyOptions, stop: StopRequests, progress: Progress) -> StudyResult:
     from msdn.data import load_benchmark
 
     show = progress or (lambda _message: None)
@@ -88,59 +112,87 @@ def run_study(opts: StudyOptions, *, progress: Progress = print) -> StudyResult:
     load_benchmark(opts.dataset, opts.data_root, progress=progress)  # builds the shared feature cache once, here
 
     connect_ray(opts.address)
+    stop.install()  # again: ray.init replaced the SIGTERM handler with one that exits at once
     check_cluster_storage_and_data(opts, progress)
     resources = trial_resources(opts)
     experiment_id, parent_run_id = parent.open_parent_run(opts, space)
     show(f"MLflow: {opts.mlflow_uri} experiment {opts.experiment!r} (id {experiment_id}), parent run {parent_run_id}")
 
+    result = StudyResult(experiment_path(opts), opts.mlflow_uri, experiment_id, parent_run_id)
+    writer = TrackingWriter(opts.mlflow_uri, progress=progress)
+    files = Path(tempfile.mkdtemp(prefix="msdn-study-"))  # plots and summary, kept until the writer has logged them
     base = default_config(opts.dataset, **space.fixed).replace(
         protocol=opts.protocol, data_root=opts.data_root, epochs=opts.max_epochs, device=opts.device,
     ).to_dict()
-    callback = tracking.MLflowStudyCallback(opts.mlflow_uri, experiment_id, parent_run_id, opts.max_epochs,
-                                            tags=parent.trial_tags(opts))
-    tuner = build_tuner(opts, space, resources, callback, base)
-    _install_sigterm_as_interrupt()
+    callback = tracking.MLflowStudyCallback(writer, experiment_id, parent_run_id, opts.max_epochs,
+                                            tags=parent.trial_tags(opts), stop=stop)
     try:
-        grid = tuner.fit()
-    except BaseException:
-        # Never leave runs RUNNING: a crashed driver's study is resumable, its runs are closed.
+        tuner = build_tuner(opts, space, resources, [callback, forward_stop_callback(stop)], base)
+        with stop.tuning():
+            grid = tuner.fit()
+        result.trials = trial_summaries(grid, space.metric, space.mode, opts.max_epochs)
+        result.errors = [t.error for t in result.trials if t.error]
+        if stop.requested:
+            raise KeyboardInterrupt(stop.signal_name)
+        callback.close_open_runs("KILLED")
+        _finish(opts, space, base, resources, result, writer, files, progress)
+    except KeyboardInterrupt:
+        result.interrupted = True
+        callback.close_open_runs("KILLED")
+        parent.end_parent_run(writer, parent_run_id, "KILLED", study_state="interrupted")
+        show(f"study interrupted ({stop.signal_name or 'KeyboardInterrupt'}): no refit, no test evaluation; its MLflow "
+             f"runs are closed as KILLED. Continue it with the same command plus --resume")
+    except BaseException as exc:
+        # Never leave runs RUNNING; a study that failed before any trial ran leaves nothing that blocks a retry.
         callback.close_open_runs("FAILED")
-        parent.end_parent_run(opts.mlflow_uri, parent_run_id, "FAILED")
+        parent.end_parent_run(writer, parent_run_id, "FAILED", study_state="failed")
+        if not opts.resume and remove_unstarted_experiment(opts):
+            show(f"the study failed before any trial ran ({type(exc).__name__}); removed {experiment_path(opts)}, "
+                 f"so the same command can run again")
         raise
+    finally:
+        result.unlogged = writer.close(opts.tracking_timeout)
+        result.dropped = list(writer.dropped)
+        shutil.rmtree(files, ignore_errors=True)
+        for line in unlogged_lines(result, writer.last_error):
+            show(line)
+    return result
 
-    result = StudyResult(experiment_path(opts), opts.mlflow_uri, experiment_id, parent_run_id)
-    result.trials = trial_summaries(grid, space.metric, space.mode, opts.max_epochs)
-    unfinished = len(grid) - grid.num_terminated - grid.num_errors
-    result.interrupted = unfinished > 0
-    result.errors = [t.error for t in result.trials if t.error]
 
-    if result.interrupted:
-        closed = callback.close_open_runs("KILLED")
-        parent.end_parent_run(opts.mlflow_uri, parent_run_id, "KILLED", study_state="interrupted")
-        show(f"study interrupted with {unfinished} unfinished trials ({closed} MLflow runs closed as KILLED); "
-             f"continue it with the same command plus --resume")
-        return result
-
-    callback.close_open_runs("KILLED")
+def _finish(opts: StudyOptions, space: SearchSpace, base: dict[str, Any], resources: dict[str, float],
+            result: StudyResult, writer: TrackingWriter, files: Path, progress: Progress) -> None:
+    """After the trials: the table, the best trial, the refit (validation protocol), plots and summary."""
+    show = progress or (lambda _message: None)
     best = best_trial(result.trials, space.metric, space.mode)
     show("\ntop trials (best epoch of each, accuracies in %):\n" + format_table(result.trials, space))
     if best is None:
-        parent.end_parent_run(opts.mlflow_uri, parent_run_id, "FAILED", study_state="failed")
         first = result.errors[0] if result.errors else "no trial reported a result"
         raise StudyFailed(f"every trial failed; the first error:\n{first}")
     result.best = best
-    parent.log_best(opts.mlflow_uri, parent_run_id, best)
-
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        plots = study_plots(folder, result.trials, best, metric=space.metric, mode=space.mode, dataset=opts.dataset,
-                            experiment=opts.experiment, protocol=opts.protocol)
-        if opts.refit and opts.protocol == "val":
-            result.refit = refit_best(opts, base, best, resources, progress)
-            parent.log_refit(opts.mlflow_uri, parent_run_id, result.refit)
-            plots.append(refit_plot(folder, result.refit, opts.dataset))
-        parent.log_files(opts.mlflow_uri, parent_run_id, plots, summary_dict(result), folder)
-    parent.end_parent_run(opts.mlflow_uri, parent_run_id, "FINISHED", study_state="completed")
+    parent.log_best(writer, result.parent_run_id, best)
+    plots = study_plots(files, result.trials, best, metric=space.metric, mode=space.mode, dataset=opts.dataset,
+                        experiment=opts.experiment, protocol=opts.protocol)
+    if opts.refit and opts.protocol == "val":
+        result.refit = refit_best(opts, base, best, resources, progress)
+        parent.log_refit(writer, result.parent_run_id, result.refit)
+        plots.append(refit_plot(files, result.refit, opts.dataset))
+    parent.log_files(writer, result.parent_run_id, plots, summary_dict(result), files)
+    parent.end_parent_run(writer, result.parent_run_id, "FINISHED", study_state="completed")
     for line in end_lines(result, opts, space):
         show(line)
-    return result
+
+
+def remove_unstarted_experiment(opts: StudyOptions) -> bool:
+    """Remove this run's experiment folder when no trial was started in it; True when removed.
+
+    A study that fails at start (a crash while Tune sets up) would otherwise leave a `tuner.pkl` that
+    makes the next attempt "already exist". A folder with any trial folder in it is kept (it may hold
+    checkpoints worth resuming). Only local folders are removed; object storage is left alone.
+    """
+    path = Path(experiment_path(opts))
+    if is_uri(opts.storage_path) or not path.is_dir():
+        return False
+    if any(entry.is_dir() for entry in path.iterdir()):
+        return False
+    shutil.rmtree(path, ignore_errors=True)
+    return True

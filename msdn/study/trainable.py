@@ -2,8 +2,13 @@
 
 Each trial receives a `DataSpec` (a few strings, through `tune.with_parameters`), not the features:
 it opens the memory-mapped float16 cache itself, so all trials on a node share one copy in the
-page cache. After every epoch it reports the epoch's metrics and a checkpoint (trainer state),
-so ASHA can stop it and `Tuner.restore` can resume it.
+page cache. It reports every epoch's metrics, so ASHA can stop it, and a checkpoint (trainer state)
+every `checkpoint_every` epochs and at its last epoch, so `Tuner.restore` can resume it.
+
+Worker processes are reused across trials (`reuse_actors`): `WorkerCache` keeps, per process, the
+opened benchmark and its splits (checked against the files' sizes and mtimes at every trial start, so
+a changed file is read again) and the feature array resident on the GPU, so a trial on a warm worker
+starts in milliseconds. Trials also report their setup and reporting times (`msdn.study.timing`).
 """
 from __future__ import annotations
 
@@ -12,7 +17,8 @@ import json
 import os
 import socket
 import tempfile
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -85,29 +91,153 @@ def report_metrics(metrics: dict[str, Any], curve) -> dict[str, Any]:
     return {**{k: v for k, v in metrics.items() if isinstance(v, (int, float))}, **curve_lists(curve)}
 
 
-def train_msdn(config: dict[str, Any], *, data: DataSpec, base: dict[str, Any], study_seed: int) -> None:
-    """Function trainable: train, report each epoch with a checkpoint, resume from the last one."""
+def checkpoint_due(epoch: int, last_epoch: int, every: int) -> bool:
+    """Whether epoch `epoch` (1-based) is checkpointed: every `every` epochs, and always the last one.
+
+    An interrupted trial resumes from its last checkpoint, so it redoes at most every - 1 epochs.
+    """
+    return epoch >= last_epoch or epoch % every == 0
+
+
+def data_signature(data: DataSpec) -> tuple:
+    """(size, mtime_ns) of every file a benchmark is read from, and of its float16 cache; None when missing."""
+    from msdn.data import benchmark_paths, cache_path
+
+    paths = benchmark_paths(data.dataset, data.data_root)
+    files = [paths.hdf5, paths.att_splits, paths.res101, paths.w2v_pkl, paths.w2v_npy]
+    if paths.hdf5.is_file():
+        files.append(cache_path(paths.hdf5, paths.cache_dir))
+    out = []
+    for path in files:
+        try:
+            st = path.stat()
+            out.append((str(path), st.st_size, st.st_mtime_ns))
+        except OSError:
+            out.append((str(path), None))
+    return tuple(out)
+
+
+@dataclass
+class WorkerCache:
+    """What a worker process keeps between the trials it runs (Tune reuses it: `reuse_actors`).
+
+    The benchmark is read once per (dataset, data root), and each split once per (protocol,
+    val_fraction, val_seed) too. Every trial start stats the files again (`data_signature`, well under a
+    millisecond) and reads them again when one changed. The resident GPU copy of the features follows
+    the benchmark it was made from.
+    """
+
+    trials: int = 0  # trials started in this process
+    last_report_at: float | None = None  # wall time of the last tune.report of this process's trials
+    benchmarks: dict[tuple, tuple] = field(default_factory=dict)  # (dataset, root) -> (signature, Benchmark)
+    splits: dict[tuple, Any] = field(default_factory=dict)  # (dataset, root, protocol, fraction, seed) -> split
+    resident: dict[tuple, Any] = field(default_factory=dict)  # (dataset, root, device) -> (Benchmark, tensor)
+
+    def open(self, data: DataSpec, protocol: str, val_fraction: float, val_seed: int):
+        """(benchmark, split), from this process's cache when the files are unchanged."""
+        from msdn.data import load_benchmark, make_split
+
+        key = (data.dataset, data.data_root)
+        signature = data_signature(data)  # taken before reading: a change while reading reloads next time
+        held = self.benchmarks.get(key)
+        if held is None or held[0] != signature:
+            self.benchmarks.pop(key, None)  # let the old memory map go before opening the new one
+            self.splits = {k: v for k, v in self.splits.items() if k[:2] != key}
+            self.resident = {k: v for k, v in self.resident.items() if k[:2] != key}
+            held = (signature, load_benchmark(data.dataset, data.data_root, progress=None))
+            self.benchmarks[key] = held
+        bench = held[1]
+        split_key = (*key, protocol, val_fraction, val_seed)
+        if split_key not in self.splits:
+            self.splits[split_key] = make_split(bench, protocol, val_fraction=val_fraction, seed=val_seed)
+        return bench, self.splits[split_key]
+
+    def resident_features(self, data: DataSpec, bench, device: str):
+        """The features already on `device` (a --device string) from an earlier trial on the same benchmark, or None."""
+        from msdn.device import resolve_device
+
+        held = self.resident.get((data.dataset, data.data_root, str(resolve_device(device))))
+        return held[1] if held is not None and held[0] is bench else None
+
+    def keep_resident(self, data: DataSpec, bench, trainer) -> None:
+        """Remember the trainer's resident features (one array per benchmark and device) for the next trial."""
+        if trainer.features_on_device is not None:
+            self.resident[(data.dataset, data.data_root, str(trainer.device))] = (bench, trainer.features_on_device)
+
+
+WORKER = WorkerCache()  # this process's cache; a fresh worker starts empty
+
+
+def trial_gpu_share(context) -> float | None:
+    """The trial's GPU share from its Tune resources (e.g. 0.5), or None when it has no GPU."""
+    try:
+        gpus = float(context.get_trial_resources().required_resources.get("GPU", 0))
+    except Exception:  # not running under Tune (direct calls in tests): no share known
+        return None
+    return gpus or None
+
+
+def release_cached_device_memory() -> None:
+    """Hand PyTorch's cached but unused GPU blocks back to the device (a no-op without CUDA)."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def train_msdn(config: dict[str, Any], *, data: DataSpec, base: dict[str, Any], study_seed: int,
+               checkpoint_every: int = 1) -> None:
+    """Function trainable: train, report each epoch (with a checkpoint when due), resume from the last one."""
+    entered = time.time()
     from ray import tune
 
-    from msdn.data import load_benchmark, make_split
+    from msdn.study import timing
     from msdn.train import Trainer
+
+    worker = WORKER
+    worker.trials += 1
+    start = {timing.WORKER_TRIAL: worker.trials, timing.TIME_WORKER_START: 0.0, timing.TIME_WORKER_IDLE: 0.0}
+    if worker.trials == 1:
+        born = timing.process_start_time()
+        ready = time.time()
+        start[timing.TIME_WORKER_START] = ready - born if born is not None else 0.0
+        start[timing.WORKER_READY_AT] = ready
+    elif worker.last_report_at is not None:
+        start[timing.TIME_WORKER_IDLE] = max(0.0, entered - worker.last_report_at)
 
     context = tune.get_context()
     cfg = on_this_worker(trial_config(base, config, trial_seed(study_seed, config)))
-    bench = load_benchmark(data.dataset, data.data_root, progress=None)
-    split = make_split(bench, cfg.protocol, val_fraction=cfg.val_fraction, seed=cfg.val_seed)
-    trainer = Trainer(cfg, bench, split, progress=None)
+    opened = time.perf_counter()
+    bench, split = worker.open(data, cfg.protocol, cfg.val_fraction, cfg.val_seed)
+    built = time.perf_counter()
+    if worker.trials > 1:
+        release_cached_device_memory()  # the previous trial's blocks, so the budget reads what is free
+    trainer = Trainer(cfg, bench, split, progress=None, gpu_share=trial_gpu_share(context),
+                      resident_features=worker.resident_features(data, bench, cfg.device))
+    worker.keep_resident(data, bench, trainer)
     where = placement()
 
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             trainer.load(Path(directory) / CHECKPOINT_FILE)
+    start[timing.TIME_DATA_OPEN] = built - opened
+    start[timing.TIME_TRAINER_BUILD] = time.perf_counter() - built
 
+    previous = {timing.TIME_CHECKPOINT: 0.0, timing.TIME_REPORT: 0.0}
     for metrics in trainer.run():
         result = report_metrics(metrics, trainer.last_result.curve)
-        result.update({"trial_seed": cfg.seed, **{f"placement_{k}": v for k, v in where.items()}})
-        with tempfile.TemporaryDirectory() as directory:
-            trainer.save(Path(directory) / CHECKPOINT_FILE, trial_id=context.get_trial_id())
-            tune.report(result, checkpoint=tune.Checkpoint.from_directory(directory))
-
+        result.update({"trial_seed": cfg.seed, **{f"placement_{k}": v for k, v in where.items()}, **start, **previous})
+        start = {}
+        began = time.perf_counter()
+        if checkpoint_due(trainer.epoch, cfg.epochs, checkpoint_every):
+            with tempfile.TemporaryDirectory() as directory:
+                trainer.save(Path(directory) / CHECKPOINT_FILE, trial_id=context.get_trial_id())
+                saved = time.perf_counter()
+                worker.last_report_at = result[timing.REPORTED_AT] = time.time()
+                tune.report(result, checkpoint=tune.Checkpoint.from_directory(directory))
+        else:
+            saved = began
+            worker.last_report_at = result[timing.REPORTED_AT] = time.time()
+            tune.report(result)
+        previous = {timing.TIME_CHECKPOINT: saved - began, timing.TIME_REPORT: time.perf_counter() - saved}

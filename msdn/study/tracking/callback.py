@@ -15,7 +15,7 @@ from typing import Any
 from ray.tune import Callback
 
 from msdn.study.results import ERRORED, INTERRUPTED, RETRYING, RUNNING, trial_state
-from msdn.study.tracking.store import PARENT_TAG, TRIAL_ID_TAG, TRIAL_STATE_TAG, child_runs, client, log_metrics
+from msdn.study.tracking.store import PARENT_TAG, TRIAL_ID_TAG, TRIAL_STATE_TAG, log_metrics
 
 # Result keys that are Tune bookkeeping or settings, not metrics of the model.
 SKIPPED_RESULT_KEYS = {
@@ -38,112 +38,153 @@ def scalar_metrics(result: dict[str, Any]) -> dict[str, float]:
 
 
 class MLflowStudyCallback(Callback):
-    """Tune callback: one MLflow child run per trial, under the study's parent run."""
+    """Tune callback: one MLflow child run per trial, under the study's parent run.
 
-    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, max_epochs: int,
-                 tags: dict[str, str] | None = None) -> None:
-        self.tracking_uri = tracking_uri
+    Every hook only queues work on the study's `TrackingWriter`; the run bookkeeping below (trial id
+    -> run id, last logged epoch) is read and written by the writer's thread alone.
+    """
+
+    def __init__(self, writer, experiment_id: str, parent_run_id: str, max_epochs: int,
+                 tags: dict[str, str] | None = None, stop=None) -> None:
+        self.writer = writer
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.max_epochs = max_epochs
         self.tags = dict(tags or {})
-        self._client = None
+        self.stop = stop  # msdn.study.interrupt.StopRequests: trials ending after a stop request were interrupted
+        self._loaded = False
         self._runs: dict[str, str] = {}  # trial id -> run id
         self._last_step: dict[str, int] = {}  # run id -> last logged epoch (resumed runs skip repeats)
         self._placed: set[str] = set()  # runs whose placement tags were set since the trial (re)started
 
-    def __getstate__(self) -> dict[str, Any]:
-        # Tune pickles its callbacks with the experiment: keep only the settings, reconnect on use.
-        state = dict(self.__dict__)
-        state.update(_client=None, _runs={}, _last_step={}, _placed=set())
-        return state
+    def __reduce__(self):
+        # Tune pickles its callbacks with the experiment; the study installs a fresh one on --resume.
+        return (_restored_placeholder, ())
 
-    @property
-    def client(self):
-        if self._client is None:
-            self._client = client(self.tracking_uri)
-            self._load_existing_children()
-        return self._client
-
-    def _load_existing_children(self) -> None:
-        for run in child_runs(self.tracking_uri, self.experiment_id, self.parent_run_id):
+    # -- run bookkeeping (writer thread) ------------------------------------------------------
+    def _load_existing_children(self, c) -> None:
+        """Find the runs of trials logged before a resume (by their trial_id tag) and their last epoch."""
+        self._loaded = True
+        for run in c.search_runs([self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_run_id}'",
+                                 max_results=5000):
             trial_id = run.data.tags.get(TRIAL_ID_TAG)
             if trial_id:
                 self._runs[trial_id] = run.info.run_id
-                history = self._client.get_metric_history(run.info.run_id, "H")
+                history = c.get_metric_history(run.info.run_id, "H")
                 self._last_step[run.info.run_id] = max((m.step for m in history), default=0)
 
-    def run_id(self, trial) -> str:
+    def _run_id(self, c, trial_id: str, name: str, config: dict[str, Any]) -> str:
         """The trial's child run, created on first sight (and found again after a resume)."""
-        c = self.client
-        if trial.trial_id in self._runs:
-            return self._runs[trial.trial_id]
-        run = c.create_run(
-            self.experiment_id,
-            run_name=str(trial),
-            tags={PARENT_TAG: self.parent_run_id, TRIAL_ID_TAG: trial.trial_id, TRIAL_STATE_TAG: RUNNING,
-                  **self.tags},
-        )
-        run_id = run.info.run_id
-        self._runs[trial.trial_id] = run_id
-        self._last_step[run_id] = 0
+        if not self._loaded:
+            self._load_existing_children(c)
+        if trial_id in self._runs:
+            return self._runs[trial_id]
         from mlflow.entities import Param
 
-        c.log_batch(run_id, params=[Param(k, str(v)) for k, v in sorted(trial.config.items())])
+        run = c.create_run(self.experiment_id, run_name=name,
+                           tags={PARENT_TAG: self.parent_run_id, TRIAL_ID_TAG: trial_id, TRIAL_STATE_TAG: RUNNING,
+                                 **self.tags})
+        run_id = run.info.run_id
+        self._runs[trial_id] = run_id
+        self._last_step[run_id] = 0
+        c.log_batch(run_id, params=[Param(k, str(v)) for k, v in sorted(config.items())])
         return run_id
 
+    def _queue(self, what: str, trial, work) -> None:
+        """Queue `work(client, run_id)` for the trial's run (created first when needed)."""
+        trial_id, name, config = trial.trial_id, str(trial), dict(trial.config)
+
+        def run(c) -> None:
+            work(c, self._run_id(c, trial_id, name, config))
+
+        self.writer.submit(f"{what} of trial {name}", run)
+
+    # -- Tune hooks (driver thread: queue only) -----------------------------------------------
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
-        run_id = self.run_id(trial)
-        self.client.update_run(run_id, status="RUNNING")
-        self.client.set_tag(run_id, TRIAL_STATE_TAG, RUNNING)
-        self._placed.discard(run_id)  # a restarted trial may land on another node
+        def work(c, run_id: str) -> None:
+            c.update_run(run_id, status="RUNNING")
+            c.set_tag(run_id, TRIAL_STATE_TAG, RUNNING)
+            self._placed.discard(run_id)  # a restarted trial may land on another node
+
+        self._queue("start", trial, work)
 
     def on_trial_recover(self, iteration: int, trials: list, trial, **info) -> None:
         """A trial whose worker failed (node lost, crash) and is retried per FailureConfig."""
-        run_id = self.run_id(trial)
-        retries = int(self.client.get_run(run_id).data.tags.get("retries", "0")) + 1
-        self.client.set_tag(run_id, "retries", str(retries))
-        error = getattr(trial, "error_file", None)
-        if error and Path(error).is_file():
-            self.client.set_tag(run_id, f"retry_{retries}_error", Path(error).read_text()[-2000:])
-        self.client.set_tag(run_id, TRIAL_STATE_TAG, RETRYING)
-        self._placed.discard(run_id)  # it restarts elsewhere: record the new placement
+        error = _error_text(trial, 2000)
+
+        def work(c, run_id: str) -> None:
+            retries = int(c.get_run(run_id).data.tags.get("retries", "0")) + 1
+            c.set_tag(run_id, "retries", str(retries))
+            if error:
+                c.set_tag(run_id, f"retry_{retries}_error", error)
+            c.set_tag(run_id, TRIAL_STATE_TAG, RETRYING)
+            self._placed.discard(run_id)  # it restarts elsewhere: record the new placement
+
+        self._queue("retry", trial, work)
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
-        run_id = self.run_id(trial)
         step = int(result.get("training_iteration", 0))
-        if run_id not in self._placed:
-            self._placed.add(run_id)
-            for key in ("host", "node_id", "gpu_ids"):
-                if f"placement_{key}" in result:
-                    self.client.set_tag(run_id, f"placement.{key}", str(result[f"placement_{key}"]))
-        if step <= self._last_step.get(run_id, 0):
-            return  # an epoch already logged before the study was interrupted
-        self._last_step[run_id] = step
-        log_metrics(self.client, run_id, scalar_metrics(result), step)
+        metrics = scalar_metrics(result)
+        placement = {key: str(result[f"placement_{key}"]) for key in ("host", "node_id", "gpu_ids")
+                     if f"placement_{key}" in result}
+
+        def work(c, run_id: str) -> None:
+            if run_id not in self._placed:
+                self._placed.add(run_id)
+                for key, value in placement.items():
+                    c.set_tag(run_id, f"placement.{key}", value)
+            if step <= self._last_step.get(run_id, 0):
+                return  # an epoch already logged before the study was interrupted
+            log_metrics(c, run_id, metrics, step)
+            self._last_step[run_id] = step
+
+        self._queue(f"epoch {step}", trial, work)
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
-        run_id = self.run_id(trial)
         epochs = int((trial.last_result or {}).get("training_iteration", 0))
-        self.client.set_tag(run_id, TRIAL_STATE_TAG, trial_state(epochs, self.max_epochs, errored=False))
-        self.client.set_tag(run_id, "epochs_trained", str(epochs))
-        self.client.set_terminated(run_id, status="FINISHED")
+        interrupted = self.stop is not None and self.stop.requested and epochs < self.max_epochs
+        state = INTERRUPTED if interrupted else trial_state(epochs, self.max_epochs, errored=False)
+
+        def work(c, run_id: str) -> None:
+            c.set_tag(run_id, TRIAL_STATE_TAG, state)
+            c.set_tag(run_id, "epochs_trained", str(epochs))
+            c.set_terminated(run_id, status="KILLED" if interrupted else "FINISHED")
+
+        self._queue("end", trial, work)
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
-        run_id = self.run_id(trial)
-        self.client.set_tag(run_id, TRIAL_STATE_TAG, ERRORED)
-        error = getattr(trial, "error_file", None)
-        if error and Path(error).is_file():
-            self.client.set_tag(run_id, "error", Path(error).read_text()[-4000:])
-            self.client.log_artifact(run_id, error)
-        self.client.set_terminated(run_id, status="FAILED")
+        error = _error_text(trial, 4000)
+        error_file = getattr(trial, "error_file", None)
+        interrupted = self.stop is not None and self.stop.requested
 
-    def close_open_runs(self, status: str = "KILLED") -> int:
-        """Terminate child runs still RUNNING (trials that never finished); returns how many."""
-        closed = 0
-        for run in child_runs(self.tracking_uri, self.experiment_id, self.parent_run_id):
-            if run.info.status == "RUNNING":
-                self.client.set_tag(run.info.run_id, TRIAL_STATE_TAG, INTERRUPTED)
-                self.client.set_terminated(run.info.run_id, status=status)
-                closed += 1
-        return closed
+        def work(c, run_id: str) -> None:
+            c.set_tag(run_id, TRIAL_STATE_TAG, INTERRUPTED if interrupted else ERRORED)
+            if error:
+                c.set_tag(run_id, "error", error)
+                c.log_artifact(run_id, error_file)
+            c.set_terminated(run_id, status="KILLED" if interrupted else "FAILED")
+
+        self._queue("error", trial, work)
+
+    def close_open_runs(self, status: str = "KILLED") -> None:
+        """Queue: terminate child runs still RUNNING (trials that never finished), tagged interrupted."""
+        def run(c) -> None:
+            for child in c.search_runs([self.experiment_id],
+                                       filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_run_id}'", max_results=5000):
+                if child.info.status == "RUNNING":
+                    c.set_tag(child.info.run_id, TRIAL_STATE_TAG, INTERRUPTED)
+                    c.set_terminated(child.info.run_id, status=status)
+
+        self.writer.submit("closing the trials' runs still open", run)
+
+
+def _error_text(trial, limit: int) -> str | None:
+    """The tail of a trial's error file, read now (Tune may rewrite it when the trial is retried)."""
+    error = getattr(trial, "error_file", None)
+    if error and Path(error).is_file():
+        return Path(error).read_text()[-limit:]
+    return None
+
+
+def _restored_placeholder() -> Callback:
+    return Callback()

@@ -86,35 +86,44 @@ def open_parent_run(opts: StudyOptions, space: SearchSpace) -> tuple[str, str]:
     return experiment_id, run_id
 
 
-def log_best(uri: str, run_id: str, best: TrialSummary) -> None:
-    """The best trial: its params as `best.*`, its best epoch's headline metrics as `best_*`."""
-    c = client(uri)
-    log_params_flat(c, run_id, best.params, prefix="best.")
+def log_best(writer, run_id: str, best: TrialSummary) -> None:
+    """Queue: the best trial's params as `best.*`, its best epoch's headline metrics as `best_*`."""
     metrics = {f"best_{k}": float(best.best[k]) for k in HEADLINE_KEYS if k in best.best}
     metrics["best_epoch"] = float(best.best_epoch)
-    log_metrics(c, run_id, metrics, step=0)
-    c.set_tag(run_id, "best_trial_id", str(best.trial_id))
+
+    def run(c) -> None:
+        log_params_flat(c, run_id, best.params, prefix="best.")
+        log_metrics(c, run_id, metrics, step=0)
+        c.set_tag(run_id, "best_trial_id", str(best.trial_id))
+
+    writer.submit("the best trial on the parent run", run)
 
 
-def log_refit(uri: str, run_id: str, refit: RefitResult) -> None:
-    """The refit's test-split headline metrics as `test_*`, and its epochs."""
+def log_refit(writer, run_id: str, refit: RefitResult) -> None:
+    """Queue: the refit's test-split headline metrics as `test_*`, and its epochs."""
     metrics = {f"test_{k}": float(refit.metrics[k]) for k in HEADLINE_KEYS}
     metrics["refit_epochs"] = float(refit.epochs)
-    log_metrics(client(uri), run_id, metrics, step=0)
+    writer.submit("the refit's test figures on the parent run", lambda c: log_metrics(c, run_id, metrics, step=0))
 
 
-def log_files(uri: str, run_id: str, plots: list[Path], summary: dict[str, Any], folder: Path) -> None:
-    """The plots under `plots/` and the summary as `study_summary.json` (written into `folder` first)."""
-    c = client(uri)
-    log_artifacts(c, run_id, plots, "plots")
+def log_files(writer, run_id: str, plots: list[Path], summary: dict[str, Any], folder: Path) -> None:
+    """Queue: the plots under `plots/` and the summary as `study_summary.json` (written into `folder` now,
+    which must outlive the writer)."""
     path = folder / "study_summary.json"
     path.write_text(json.dumps(summary, indent=2, default=str))
-    c.log_artifact(run_id, str(path))
+
+    def run(c) -> None:
+        log_artifacts(c, run_id, plots, "plots")
+        c.log_artifact(run_id, str(path))
+
+    writer.submit("the plots and study_summary.json of the parent run", run)
 
 
-def end_parent_run(uri: str, run_id: str, status: str, study_state: str | None = None) -> None:
-    """Terminate the parent run with `status`, tagging `study_state` (completed, interrupted, failed) if given."""
-    c = client(uri)
-    if study_state is not None:
-        c.set_tag(run_id, "study_state", study_state)
-    c.set_terminated(run_id, status=status)
+def end_parent_run(writer, run_id: str, status: str, study_state: str | None = None) -> None:
+    """Queue: terminate the parent run with `status`, tagging `study_state` (completed, interrupted, failed)."""
+    def run(c) -> None:
+        if study_state is not None:
+            c.set_tag(run_id, "study_state", study_state)
+        c.set_terminated(run_id, status=status)
+
+    writer.submit(f"ending the parent run as {status}", run)

@@ -1,0 +1,119 @@
+"""The one error policy of every command line: msdn.train, msdn.evaluate, msdn.prepare, msdn.synthetic,
+msdn.data.verify and tune/run.py (see docs/errors.md).
+
+    @cli_entry
+    def main(argv: list[str] | None = None) -> int: ...      # raises on bad input, returns an exit code
+
+    if __name__ == "__main__":
+        sys.exit(main())
+
+Exit codes: 0 success; 1 an unexpected error (a bug: the traceback is printed), or a study whose trials
+all failed; 2 bad input or another expected failure (`error: <one paragraph>` on stderr, no traceback);
+3 reserved for tune/run.py (the study finished but the tracking store could not record everything);
+130 interrupted (Ctrl+C).
+
+An *expected* failure is an `ExpectedError` (`UsageError` for flags and configuration values,
+`CheckpointError` for checkpoint files, `msdn.data.DataError` for data files) or an `OSError` about a
+file (permissions, a full disk, a missing file). Everything else is a bug and keeps its traceback.
+This module imports nothing heavy (no torch, no Ray), so any entry point can use it.
+"""
+from __future__ import annotations
+
+import functools
+import sys
+from typing import TYPE_CHECKING, Callable, Sequence
+
+if TYPE_CHECKING:
+    import torch
+
+EXIT_OK = 0
+EXIT_BUG = 1  # an unexpected error (traceback printed), or a study whose trials all failed
+EXIT_INPUT = 2  # bad input / an expected failure: one paragraph on stderr, no traceback
+EXIT_TRACKING = 3  # reserved for tune/run.py: finished, but the tracking store could not record everything
+EXIT_INTERRUPTED = 130  # Ctrl+C (128 + SIGINT), as shells report it
+
+Main = Callable[[Sequence[str] | None], "int | None"]
+
+
+class ExpectedError(ValueError):
+    """A failure the user can fix (bad input, a file that cannot be used); its message says what and where.
+
+    A ValueError, so that code that validates values keeps catching it as one.
+    """
+
+
+class UsageError(ExpectedError):
+    """A flag or configuration value that is out of its domain, or flags that do not fit together."""
+
+
+class CheckpointError(ExpectedError):
+    """A checkpoint file that cannot be read, or that does not fit the model, data or run it is used for."""
+
+
+def error_message(exc: BaseException) -> str:
+    """The one-paragraph text for an expected failure (an OSError names its file)."""
+    if isinstance(exc, OSError) and not isinstance(exc, ExpectedError) and exc.strerror:
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror}"
+    return str(exc) or type(exc).__name__
+
+
+def run_cli(main: Main, argv: Sequence[str] | None = None, *,
+            expected: tuple[type[BaseException], ...] = ()) -> int:
+    """Run `main(argv)` under the error policy and return the process exit code.
+
+    Expected failures (ExpectedError, OSError, and the extra classes in `expected`) print
+    `error: <message>` on stderr and give 2; KeyboardInterrupt gives 130 with one line; anything
+    else propagates (Python prints the traceback and exits 1). `main` returns an exit code or None (0).
+    """
+    try:
+        code = main(argv)
+    except KeyboardInterrupt:
+        sys.stdout.flush()
+        print("interrupted", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+    except (ExpectedError, OSError, *expected) as exc:
+        sys.stdout.flush()  # results printed so far come before the error, on a terminal too
+        print(f"error: {error_message(exc)}", file=sys.stderr, flush=True)
+        return EXIT_INPUT
+    return EXIT_OK if code is None else int(code)
+
+
+def cli_entry(main: Main | None = None, *, expected: tuple[type[BaseException], ...] = ()):
+    """Decorator: `main(argv)` runs under `run_cli` (with `expected` as extra expected failures).
+
+    Use as `@cli_entry` or `@cli_entry(expected=(SomeError,))`; the undecorated function stays at
+    `main.__wrapped__`, for callers that want the exceptions themselves.
+    """
+
+    def decorate(func: Main) -> Callable[[Sequence[str] | None], int]:
+        @functools.wraps(func)
+        def entry(argv: Sequence[str] | None = None) -> int:
+            return run_cli(func, argv, expected=expected)
+
+        return entry
+
+    return decorate if main is None else decorate(main)
+
+
+def device_flag(name: str, flag: str = "--device") -> "torch.device":
+    """The torch device for a `--device` value, or a UsageError when it is unknown or unusable here.
+
+    Beyond msdn.device.resolve_device's checks, a tiny allocation proves the device exists (e.g. cuda:3 on a
+    machine with one GPU), so the failure comes before any data work instead of in the middle of a run.
+    """
+    import torch
+
+    from .device import resolve_device
+
+    try:
+        device = resolve_device(name)
+    except ValueError as exc:
+        raise UsageError(str(exc).replace("--device", flag, 1)) from None
+    try:
+        torch.empty(1, device=device)
+    except (RuntimeError, AssertionError) as exc:  # AssertionError: torch built without that backend
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UsageError(f"{flag} {name}: not usable on this machine ({first}); expected auto, cpu, or an "
+                         "available GPU such as cuda or cuda:0") from None
+    return device

@@ -1,0 +1,149 @@
+"""Interrupting a study the way people do: Ctrl+C (SIGINT to the process group), SIGTERM to the driver, a second
+Ctrl+C while it shuts down, and Ctrl+C during the refit. An interrupted study exits 130, runs no
+refit and no test evaluation, leaves its runs KILLED (never FINISHED, never RUNNING), and `--resume`
+then finishes it: every trial exactly once, exactly one MLflow run per trial, the refit done once.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+RUN = [sys.executable, str(REPO / "tune" / "run.py")]
+EXPERIMENT = "msdn-synthetic-val"
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def study_args(data_root: Path, samples: int = 6) -> list[str]:
+    return ["--dataset", "synthetic", "--data-root", str(data_root), "--num-samples", str(samples),
+            "--max-epochs", "4", "--seed", "1"]
+
+
+class Study:
+    """A study in its own process group (as a terminal runs a command), its output in a file."""
+
+    def __init__(self, workdir: Path, args: list[str], log_name: str) -> None:
+        self.log = workdir / log_name
+        self._fh = open(self.log, "w")
+        self.proc = subprocess.Popen(RUN + args, cwd=workdir, stdout=self._fh, stderr=subprocess.STDOUT, env=ENV,
+                                     start_new_session=True)
+
+    def text(self) -> str:
+        return self.log.read_text()
+
+    def wait_for(self, predicate, what: str, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            if self.proc.poll() is not None:
+                pytest.fail(f"the study ended (exit {self.proc.returncode}) before {what}:\n{self.text()[-3000:]}")
+            time.sleep(0.1)
+        pytest.fail(f"no {what} within {timeout} s:\n{self.text()[-3000:]}")
+
+    def signal_group(self, sig: int) -> None:
+        os.killpg(self.proc.pid, sig)  # what a terminal's Ctrl+C does: the whole foreground group
+
+    def finish(self, timeout: float = 300) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            if self.proc.poll() is None:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self._fh.close()
+
+
+def checkpoints(workdir: Path) -> int:
+    return len(list((workdir / "results" / EXPERIMENT).glob("*/checkpoint_*")))
+
+
+def runs(workdir: Path):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    everything = client.search_runs([experiment.experiment_id], max_results=1000)
+    parents = [r for r in everything if r.data.tags.get("msdn.study") == "parent"]
+    children = [r for r in everything if r.data.tags.get("msdn.study") == "trial"]
+    return client, parents, children
+
+
+def assert_interrupted(workdir: Path, study: Study, code: int) -> None:
+    out = study.text()
+    assert code == 130, out[-3000:]
+    assert "study interrupted" in out and "--resume" in out
+    assert "TEST (refit" not in out and "refit: training" not in out
+    _, parents, children = runs(workdir)
+    assert len(parents) == 1
+    assert parents[0].info.status == "KILLED" and parents[0].data.tags["study_state"] == "interrupted"
+    assert "test_H" not in parents[0].data.metrics
+    statuses = {c.info.status for c in children}
+    assert "RUNNING" not in statuses
+    unfinished = [c for c in children if int(c.data.tags.get("epochs_trained", "0")) < 4
+                  and c.data.tags["trial_state"] not in ("stopped_early",)]
+    assert unfinished, "the interruption should have caught trials mid-way"
+    for child in unfinished:
+        assert child.info.status == "KILLED" and child.data.tags["trial_state"] == "interrupted", child.data.tags
+
+
+def assert_resumes_to_a_complete_study(workdir: Path, data_root: Path, samples: int = 6) -> None:
+    out = subprocess.run(RUN + study_args(data_root, samples) + ["--resume"], cwd=workdir, capture_output=True,
+                         text=True, env=ENV, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert out.stdout.count("TEST (refit") == 1
+    client, parents, children = runs(workdir)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert parents[0].data.tags["study_state"] == "completed" and "test_H" in parents[0].data.metrics
+    trial_ids = [c.data.tags["trial_id"] for c in children]
+    assert len(trial_ids) == samples and len(set(trial_ids)) == samples  # one run per trial
+    for child in children:
+        assert child.info.status == "FINISHED", (child.info.run_name, child.data.tags)
+        assert child.data.tags["trial_state"] in ("completed", "stopped_early")
+        steps = sorted(m.step for m in client.get_metric_history(child.info.run_id, "H"))
+        assert steps == list(range(1, int(child.data.tags["epochs_trained"]) + 1))  # each epoch once
+
+
+def test_ctrl_c_during_trials_exits_130_and_resume_finishes_the_study(tmp_path, synthetic_root):
+    study = Study(tmp_path, study_args(synthetic_root), "first.log")
+    study.wait_for(lambda: checkpoints(tmp_path) >= 3, "three checkpoints")
+    study.signal_group(signal.SIGINT)
+    assert_interrupted(tmp_path, study, study.finish())
+    assert_resumes_to_a_complete_study(tmp_path, synthetic_root)
+
+
+def test_sigterm_then_a_second_ctrl_c_while_stopping_is_still_a_clean_interruption(tmp_path, synthetic_root):
+    study = Study(tmp_path, study_args(synthetic_root, samples=4), "first.log")
+    study.wait_for(lambda: checkpoints(tmp_path) >= 2, "two checkpoints")
+    # `kill PID`, or a container runtime stopping its main process. (SIGTERM to the whole group would
+    # also stop Ray's own processes, the case of a hard kill: state saved, resumable; see README.)
+    os.kill(study.proc.pid, signal.SIGTERM)
+    study.wait_for(lambda: "SIGTERM received" in study.text(), "the stop message")
+    study.signal_group(signal.SIGINT)  # impatient: a second stop while Tune saves its state
+    code = study.finish()
+    assert "SIGINT received again" in study.text()
+    assert_interrupted(tmp_path, study, code)
+    assert_resumes_to_a_complete_study(tmp_path, synthetic_root, samples=4)
+
+
+def test_ctrl_c_during_the_refit_leaves_no_test_result_and_resume_refits_once(tmp_path, synthetic_root):
+    args = study_args(synthetic_root, samples=3)
+    study = Study(tmp_path, args, "first.log")
+    study.wait_for(lambda: "refit: training" in study.text(), "the refit")
+    study.signal_group(signal.SIGINT)
+    code = study.finish()
+    out = study.text()
+    assert code == 130, out[-3000:]
+    assert "TEST (refit" not in out and "study interrupted" in out
+    _, parents, children = runs(tmp_path)
+    assert parents[0].info.status == "KILLED" and parents[0].data.tags["study_state"] == "interrupted"
+    assert "test_H" not in parents[0].data.metrics
+    assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children)  # the trials had finished
+    assert_resumes_to_a_complete_study(tmp_path, synthetic_root, samples=3)
