@@ -113,6 +113,7 @@ class StudyRun:
     opts: Any  # the resolved StudyOptions
     space: Any
     wall_s: float  # run_study from call to return (Ray start, MLflow, the loop, the report)
+    driver_cpu_s: float  # CPU seconds of this (the driver's) process meanwhile, all its threads
     loop_s: float  # Tune's tuning loop
     trials: list[list[dict]]  # per trial, its results in epoch order
 
@@ -150,14 +151,14 @@ def run_the_study(args: argparse.Namespace, workdir: Path) -> StudyRun:
     resolved, space = resolve_options(opts)
     # Exactly the slots asked for, whatever the machine has (run_study joins this Ray).
     ray.init(num_cpus=int(args.slots * args.cpus_per_trial), include_dashboard=False, log_to_driver=True)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     result = run_study(opts, progress=lambda _line: None)
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     ray.shutdown()
     if result.interrupted:
         raise SystemExit("error: the study was interrupted; no figures")
     loop_s, trials = read_results(Path(experiment_path(resolved)))
-    return StudyRun(resolved, space, wall, loop_s, trials)
+    return StudyRun(resolved, space, wall, cpu, loop_s, trials)
 
 
 # ----------------------------------------------------------------------------- the figures
@@ -199,7 +200,7 @@ def analyse(run: StudyRun, slots: int) -> dict[str, Any]:
     fresh_total = sum(overhead([r], timing.TIME_WORKER_START) or 0.0 for r in fresh)
     return {
         "trials": len(run.trials), "trial_epochs": len(rows), "slots": slots,
-        "loop_s": run.loop_s, "study_wall_s": run.wall_s, "train_eval_s": busy,
+        "loop_s": run.loop_s, "study_wall_s": run.wall_s, "driver_cpu_s": run.driver_cpu_s, "train_eval_s": busy,
         "utilisation": busy / (run.loop_s * slots),
         # the same, leaving out each slot's one-time worker start (a bound no reuse can lift)
         "utilisation_after_start": busy / (run.loop_s * slots - fresh_total),
@@ -273,6 +274,7 @@ def report_lines(args: argparse.Namespace, f: dict[str, Any]) -> list[str]:
         f"reuse workers: {'no' if args.no_reuse_workers else 'yes'}, checkpoint every {args.checkpoint_every} epochs",
         f"tuning loop wall (s):                 {_fmt(f['loop_s'], 2)}",
         f"whole study wall (s):                 {_fmt(f['study_wall_s'], 2)}",
+        f"driver CPU, whole study (s):          {_fmt(f['driver_cpu_s'], 2)}",
         f"sum of train + eval (s):              {_fmt(f['train_eval_s'], 2)}",
         f"steady epoch, median (s):             {_fmt(f['steady_epoch_s'])}",
         f"utilisation:                          {_fmt(f['utilisation'])}",

@@ -11,6 +11,7 @@ naming it; the command then exits with 2 (msdn.cli).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import pickle
 import re
@@ -26,7 +27,7 @@ from torch import Tensor
 from .cli import CheckpointError, UsageError, cli_entry, device_flag
 from .config import DATASETS, FIELD_NAMES, PROTOCOLS, TrainConfig, default_config
 from .data import Benchmark, ZSLSplit, check_data_present, load_benchmark, make_split, read_rows
-from .metrics import GZSLResult, gzsl_evaluate
+from .metrics import EvalGrid, GZSLResult, fuse_scores, grid_evaluate, gzsl_evaluate
 from .model import MSDN
 from .progress import to_stderr
 
@@ -34,6 +35,37 @@ AUTHORS_KEYS = ("V", "W_1", "W_2", "W_1_1", "W_2_1", "att", "mask_bias", "bias")
 
 
 @torch.no_grad()
+def subnet_scores(
+    model: MSDN,
+    features: np.ndarray,
+    indices: np.ndarray,
+    *,
+    batch_size: int = 500,
+    device: torch.device | str = "cpu",
+    feature_cache: Tensor | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Both sub-nets' margin-free class scores (S_a2v, S_v2a) for images `indices`, each of shape (n, K).
+
+    `feature_cache`, when given, is the whole feature array already on `device` (no host copies).
+    """
+    model.eval()
+    margin = model.class_margin
+    a2v, v2a = [], []
+    for start in range(0, len(indices), batch_size):
+        idx = indices[start:start + batch_size]
+        if feature_cache is not None:
+            batch = feature_cache[torch.as_tensor(idx, device=feature_cache.device)]
+        else:
+            batch = torch.from_numpy(read_rows(features, idx)).to(device, non_blocking=True)
+        out = model(batch)
+        a2v.append((out.scores_a2v - margin).float().cpu().numpy())
+        v2a.append((out.scores_v2a - margin).float().cpu().numpy())
+    if not a2v:
+        empty = np.zeros((0, model.n_classes), dtype=np.float32)
+        return empty, empty.copy()
+    return np.concatenate(a2v), np.concatenate(v2a)
+
+
 def fused_scores(
     model: MSDN,
     features: np.ndarray,
@@ -44,25 +76,10 @@ def fused_scores(
     device: torch.device | str = "cpu",
     feature_cache: Tensor | None = None,
 ) -> np.ndarray:
-    """Margin-free fused scores alpha * S_a2v + (1 - alpha) * S_v2a for images `indices`, shape (n, K).
-
-    `feature_cache`, when given, is the whole feature array already on `device` (no host copies).
-    """
-    model.eval()
-    margin = model.class_margin
-    chunks = []
-    for start in range(0, len(indices), batch_size):
-        idx = indices[start:start + batch_size]
-        if feature_cache is not None:
-            batch = feature_cache[torch.as_tensor(idx, device=feature_cache.device)]
-        else:
-            batch = torch.from_numpy(read_rows(features, idx)).to(device, non_blocking=True)
-        out = model(batch)
-        fused = alpha * out.scores_a2v + (1.0 - alpha) * out.scores_v2a - margin
-        chunks.append(fused.float().cpu().numpy())
-    if not chunks:
-        return np.zeros((0, model.n_classes), dtype=np.float32)
-    return np.concatenate(chunks)
+    """Margin-free fused scores alpha * S_a2v + (1 - alpha) * S_v2a for images `indices`, shape (n, K)."""
+    a2v, v2a = subnet_scores(model, features, indices, batch_size=batch_size, device=device,
+                             feature_cache=feature_cache)
+    return fuse_scores(a2v, v2a, alpha)
 
 
 def evaluate_model(
@@ -75,19 +92,29 @@ def evaluate_model(
     alpha: float,
     gamma: float,
     gammas: np.ndarray,
+    grid: EvalGrid | None = None,
     batch_size: int = 500,
     device: torch.device | str = "cpu",
     feature_cache: Tensor | None = None,
 ) -> GZSLResult:
-    """S/U/H at `gamma`, ZSL accuracy and the calibration curve over `gammas`, from one forward pass.
+    """S/U/H at (`alpha`, `gamma`), ZSL accuracy and the calibration curve over `gammas`, from one forward pass.
 
+    Both sub-nets' scores are kept, so the settings `grid` (alpha x gamma, `msdn.metrics.grid_evaluate`), when
+    given, costs no further forward pass.
     `labels` are per-image class indices into the model's classes (the split's remapped labels).
     """
     kwargs = dict(batch_size=batch_size, device=device, feature_cache=feature_cache)
-    seen_scores = fused_scores(model, features, seen_idx, alpha, **kwargs)
-    unseen_scores = fused_scores(model, features, unseen_idx, alpha, **kwargs)
+    seen_a2v, seen_v2a = subnet_scores(model, features, seen_idx, **kwargs)
+    unseen_a2v, unseen_v2a = subnet_scores(model, features, unseen_idx, **kwargs)
     unseen = (~model.seen).cpu().numpy()
-    return gzsl_evaluate(seen_scores, labels[seen_idx], unseen_scores, labels[unseen_idx], unseen, gamma, gammas)
+    seen_labels, unseen_labels = labels[seen_idx], labels[unseen_idx]
+    result = gzsl_evaluate(fuse_scores(seen_a2v, seen_v2a, alpha), seen_labels,
+                           fuse_scores(unseen_a2v, unseen_v2a, alpha), unseen_labels, unseen, gamma, gammas)
+    if grid is None:
+        return result
+    alphas, grid_gammas = grid.axes(alpha, gamma)
+    return dataclasses.replace(result, grid=grid_evaluate(seen_a2v, seen_v2a, seen_labels, unseen_a2v, unseen_v2a,
+                                                          unseen_labels, unseen, alphas, grid_gammas))
 
 
 def is_authors_state_dict(state: Mapping[str, Tensor]) -> bool:

@@ -5,11 +5,14 @@ Protocol (Xian et al.; as the MSDN authors evaluate):
   U    the same on test-unseen images
   H    2 S U / (S + U)
   ZSL  per-class mean top-1 on test-unseen images, unseen classes as the only candidates
-Calibrated stacking adds `gamma` to every unseen-class score before the arg-max.
+Calibrated stacking adds `gamma` to every unseen-class score before the arg-max; the fused score
+of a class is alpha * S_a2v + (1 - alpha) * S_v2a, from the two sub-nets' scores.
 
 The calibration curve needs no second pass over the scores: with a constant offset on all unseen
 classes, an image's prediction is either its best seen class or its best unseen class, so the
-whole curve follows from those two per image.
+whole curve follows from those two per image. The settings grid (`grid_evaluate`) applies this to
+every alpha of a grid: S/U/H over alpha x gamma from one forward pass of each sub-net, which is how
+a study chooses these two evaluation-time settings on validation without training once per value.
 """
 from __future__ import annotations
 
@@ -107,9 +110,77 @@ def calibration_curve(
     return CalibrationCurve(gammas=gammas, seen=s, unseen=u, harmonic=h)
 
 
+def fuse_scores(scores_a2v: np.ndarray, scores_v2a: np.ndarray, alpha: float) -> np.ndarray:
+    """The fused class scores alpha * S_a2v + (1 - alpha) * S_v2a (the sub-nets' margin-free scores)."""
+    return alpha * np.asarray(scores_a2v) + (1.0 - alpha) * np.asarray(scores_v2a)
+
+
+@dataclass(frozen=True)
+class EvalGrid:
+    """The evaluation-time settings swept after every evaluation: fusion weights x calibration offsets.
+
+    An axis of None holds the run's own configured value only (a setting a study searches per trial).
+    """
+
+    alphas: tuple[float, ...] | None
+    gammas: tuple[float, ...] | None
+
+    def axes(self, alpha: float, gamma: float) -> tuple[np.ndarray, np.ndarray]:
+        """The grid's alpha and gamma values for a run configured with `alpha` and `gamma`."""
+        return (np.asarray(self.alphas if self.alphas is not None else (alpha,), dtype=np.float64),
+                np.asarray(self.gammas if self.gammas is not None else (gamma,), dtype=np.float64))
+
+
+@dataclass(frozen=True)
+class GridResult:
+    """S, U and H at every (alpha, gamma) of a settings grid; arrays of shape (alphas, gammas)."""
+
+    alphas: np.ndarray
+    gammas: np.ndarray
+    seen: np.ndarray
+    unseen: np.ndarray
+    harmonic: np.ndarray
+
+    @property
+    def best_index(self) -> tuple[int, int]:
+        """(alpha index, gamma index) of the best H; the first maximum: smallest alpha, then smallest gamma."""
+        i, j = np.unravel_index(int(np.argmax(self.harmonic)), self.harmonic.shape)
+        return int(i), int(j)
+
+    def at_best(self) -> dict[str, float]:
+        """The grid's best H with its S, U and the (alpha, gamma) that reach it, keyed as in GRID_KEYS."""
+        i, j = self.best_index
+        return {"H_grid": float(self.harmonic[i, j]), "S_grid": float(self.seen[i, j]),
+                "U_grid": float(self.unseen[i, j]), "grid_alpha": float(self.alphas[i]),
+                "grid_gamma": float(self.gammas[j])}
+
+
+def grid_evaluate(
+    seen_a2v: np.ndarray,
+    seen_v2a: np.ndarray,
+    seen_labels: np.ndarray,
+    unseen_a2v: np.ndarray,
+    unseen_v2a: np.ndarray,
+    unseen_labels: np.ndarray,
+    unseen: np.ndarray,
+    alphas: np.ndarray,
+    gammas: np.ndarray,
+) -> GridResult:
+    """S/U/H over alphas x gammas from both sub-nets' margin-free scores: per alpha, the fused scores
+    (`fuse_scores`, as a single evaluation at that alpha computes them) and their calibration curve."""
+    alphas = np.asarray(alphas, dtype=np.float64)
+    curves = [calibration_curve(fuse_scores(seen_a2v, seen_v2a, a), seen_labels,
+                                fuse_scores(unseen_a2v, unseen_v2a, a), unseen_labels, unseen, gammas)
+              for a in alphas.tolist()]
+    return GridResult(alphas=alphas, gammas=np.asarray(gammas, dtype=np.float64),
+                      seen=np.stack([c.seen for c in curves]), unseen=np.stack([c.unseen for c in curves]),
+                      harmonic=np.stack([c.harmonic for c in curves]))
+
+
 @dataclass(frozen=True)
 class GZSLResult:
-    """Metrics at the configured gamma, conventional ZSL, and the calibration curve."""
+    """Metrics at the configured (alpha, gamma), conventional ZSL, the calibration curve over gamma at the
+    configured alpha, and (when evaluated) the settings grid over alpha x gamma."""
 
     S: float
     U: float
@@ -117,6 +188,7 @@ class GZSLResult:
     zsl_acc: float
     gamma: float
     curve: CalibrationCurve = field(repr=False)
+    grid: GridResult | None = field(default=None, repr=False)
 
     @property
     def best_gamma(self) -> float:
@@ -135,15 +207,21 @@ class GZSLResult:
         return float(self.curve.unseen[self.curve.best_index])
 
     def summary(self) -> dict[str, float]:
-        """The result as plain numbers, keyed (and ordered) by SUMMARY_KEYS."""
-        return {name: float(getattr(self, name)) for name in SUMMARY_KEYS}
+        """The result as plain numbers, keyed (and ordered) by SUMMARY_KEYS; the GRID_KEYS only with a grid."""
+        out = {name: float(getattr(self, name)) for name in SUMMARY_KEYS if name not in GRID_KEYS}
+        if self.grid is not None:
+            out.update(self.grid.at_best())
+        return out
 
 
+# The settings grid's best: its H, S and U, and the (alpha, gamma) chosen (GridResult.at_best).
+GRID_KEYS = ("H_grid", "S_grid", "U_grid", "grid_alpha", "grid_gamma")
 # The names of GZSLResult.summary(), written once here: the trainer reports them every epoch, and the
 # study derives its lists of metrics from these constants.
-SUMMARY_KEYS = ("S", "U", "H", "zsl_acc", "gamma", "best_gamma", "H_best_gamma", "S_best_gamma", "U_best_gamma")
-# The summary's scores: all of it but `gamma`, the configured offset (a setting, not a score).
-SCORE_KEYS = tuple(name for name in SUMMARY_KEYS if name != "gamma")
+SUMMARY_KEYS = ("S", "U", "H", "zsl_acc", "gamma", "best_gamma", "H_best_gamma", "S_best_gamma",
+                "U_best_gamma") + GRID_KEYS
+# The summary's scores: all of it but the settings (the configured gamma, the grid's chosen alpha and gamma).
+SCORE_KEYS = tuple(name for name in SUMMARY_KEYS if name not in ("gamma", "grid_alpha", "grid_gamma"))
 # What a study reports for its best trial and for the refit on the test split: the scores at the
 # configured gamma, then the calibration curve's best H and the gamma that reaches it.
 HEADLINE_KEYS = ("S", "U", "H", "zsl_acc", "H_best_gamma", "best_gamma")

@@ -33,7 +33,7 @@ from .device import (PinnedBatches, copy_to_device, feature_budget_bytes, keep_f
 from .evaluate import checkpoint_config, evaluate_model, read_checkpoint, state_dict_problems
 from .fsutil import atomic_path
 from .losses import LossTerms
-from .metrics import GZSLResult
+from .metrics import EvalGrid, GZSLResult
 from .model import MSDN
 from .progress import Progress, to_stderr
 from .step import build_optimizer, train_step
@@ -50,10 +50,12 @@ class Trainer:
     On a GPU, `gpu_share` is the run's fraction of the device (a Ray trial's GPU share; None: the whole
     device is ours) and bounds the memory the resident feature array may take (`msdn.device`).
     `resident_features`, the array already on the device (kept by a reused worker), skips the copy.
+    `eval_grid` (alpha x gamma) is swept after every evaluation, from the same forward pass (`msdn.metrics`).
     """
 
     def __init__(self, config: TrainConfig, bench=None, split=None, *, progress: Progress = print,
-                 gpu_share: float | None = None, resident_features: torch.Tensor | None = None):
+                 gpu_share: float | None = None, resident_features: torch.Tensor | None = None,
+                 eval_grid: EvalGrid | None = None):
         self.config = config.validate()
         self.device = resolve_device(config.device)
         self.bench = bench if bench is not None else load_benchmark(config.dataset, config.data_root, progress=progress)
@@ -74,6 +76,7 @@ class Trainer:
         self.train_idx = np.asarray(self.split.train_idx)
         self.labels = torch.as_tensor(self.split.labels, dtype=torch.long, device=self.device)
         self.gammas = config.gamma_grid()
+        self.eval_grid = eval_grid
         self._by_class = self._train_images_by_class() if config.balanced_batches else None
         self.gpu_share = gpu_share
         if resident_features is not None and tuple(resident_features.shape) != self.bench.features.shape:
@@ -150,7 +153,7 @@ class Trainer:
         cfg = self.config
         return evaluate_model(
             self.model, self.bench.features, self.split.labels, self.split.eval_seen_idx, self.split.eval_unseen_idx,
-            alpha=cfg.alpha, gamma=cfg.gamma, gammas=self.gammas, batch_size=cfg.eval_batch_size,
+            alpha=cfg.alpha, gamma=cfg.gamma, gammas=self.gammas, grid=self.eval_grid, batch_size=cfg.eval_batch_size,
             device=self.device, feature_cache=self.features_on_device,
         )
 
@@ -248,7 +251,9 @@ def format_epoch(m: dict[str, Any], total_epochs: int) -> str:
         f"epoch {m['epoch']:3d}/{total_epochs} | loss {m['loss']:.4f} (ce {m['loss_ce']:.4f} cal {m['loss_cal']:.4f} "
         f"dis {m['loss_dis']:.4f}) | S {m['S']:.4f} U {m['U']:.4f} H {m['H']:.4f} ZSL {m['zsl_acc']:.4f} "
         f"@gamma {m['gamma']:.2f} | best gamma {m['best_gamma']:.2f}: H {m['H_best_gamma']:.4f} | "
-        f"{m['epoch_time']:.1f}s"
+        + (f"grid alpha {m['grid_alpha']:.2f} gamma {m['grid_gamma']:.2f}: H {m['H_grid']:.4f} | " if "H_grid" in m
+           else "")
+        + f"{m['epoch_time']:.1f}s"
     )
 
 

@@ -1,13 +1,21 @@
-"""A real two-node Ray cluster and a real MLflow server on loopback, for the cluster tests.
+"""A real two-node Ray cluster, started the way the launcher YAML starts it, and a real MLflow server.
 
-Both Ray nodes run on this machine as separate raylets (separate ports, explicit CPU and memory
-limits); the head keeps its session files in its own temp dir. Token authentication stays on, as
-Ray 2.59+ sets it up: one token file, named by RAY_AUTH_TOKEN_PATH for every Ray command.
-Everything started is stopped by `stop()`, by process id and with `ray stop`, even after a failure.
+The nodes run the YAML's own `head_start_ray_commands` / `worker_start_ray_commands`
+(tune/cluster/gpu-cluster.yaml) in a clean environment: a home folder of their own (holding `~/venv`,
+a link to the test's venv, and `~/.ray/auth_token`, as the YAML's setup and file mounts leave them)
+and a system `PATH` without the venv. Only what must differ on loopback is substituted: ports,
+addresses, temp dirs, per-node limits, and no `ray stop` (on this shared machine it would stop every
+Ray). So a job's `python` is whatever the YAML's commands make it, as on a real cluster.
+
+Everything started is stopped by `stop()`, even after a failure: only this cluster's processes, found
+by a marker in their environment (which Ray's daemons, workers and job drivers inherit) and by
+descent, never other Ray clusters of this machine.
 """
 from __future__ import annotations
 
+import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -20,7 +28,16 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+import yaml
+
 BIN = Path(sys.executable).parent
+VENV = Path(sys.prefix)
+REPO = Path(__file__).resolve().parents[1]
+LAUNCHER_YAML = REPO / "tune" / "cluster" / "gpu-cluster.yaml"
+README = REPO / "README.md"
+# What a fresh cloud node's login shell has on PATH: no venv, no pyenv shims.
+CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+MARKER = "MSDN_LOOPBACK_CLUSTER"  # in the environment of every process this cluster starts
 
 
 def free_port() -> int:
@@ -29,29 +46,108 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def launcher_start_commands(key: str) -> list[str]:
+    """`head_start_ray_commands` or `worker_start_ray_commands` of the launcher YAML, as written."""
+    return list(yaml.safe_load(LAUNCHER_YAML.read_text())[key])
+
+
+def loopback_command(command: str, gcs_port: int, extra: list[str]) -> str | None:
+    """One of the YAML's start commands with only the loopback differences substituted.
+
+    None for `ray stop`: a no-op on a new node, but here it would end every Ray process of the machine.
+    The GCS port 6379 becomes `gcs_port`, the dashboard listens on loopback instead of 0.0.0.0, the
+    autoscaler config (a cloud provider's) is left out, and `extra` (ports, temp dir, limits) follows
+    `ray start`.
+    """
+    if re.search(r"\bray stop\b", command):
+        return None
+    if not re.search(r"\bray start\b", command):
+        return command
+    out = re.sub(r"\b6379\b", str(gcs_port), command)
+    out = out.replace("--dashboard-host=0.0.0.0", "--dashboard-host=127.0.0.1")
+    out = re.sub(r"\s--autoscaling-config=\S+", "", out)
+    out = re.sub(r"\bray start\b", lambda m: f"{m.group(0)} {shlex.join(extra)}", out, count=1)
+    assert "0.0.0.0" not in out, f"a start command would listen beyond loopback: {out}"
+    return out
+
+
+def readme_submit_command(submit: dict[str, str], study: dict[str, str], extra: list[str]) -> list[str]:
+    """The README's `ray job submit ... -- python tune/run.py ...` command, with flag values replaced.
+
+    `submit` replaces values of `ray job submit` flags (before `--`), `study` those of tune/run.py (after
+    it), and `extra` flags are appended. Every flag named must be in the README's command, so a changed
+    README fails here loudly instead of testing something else.
+    """
+    text = README.read_text()
+    section = text[text.index("## Run on a cluster"):]
+    block = re.search(r"```bash\n(.*?)```", section, re.S)
+    assert block, "README.md: no bash block under '## Run on a cluster'"
+    lines = block.group(1).replace("\\\n", " ").splitlines()
+    line = next((line for line in lines if "ray job submit" in line), None)
+    assert line, "README.md: the cluster section's bash block has no `ray job submit` command"
+    argv = shlex.split(line, comments=True)
+    cut = argv.index("--")
+    head, entrypoint = argv[:cut], argv[cut + 1:]
+    for part, values in ((head, submit), (entrypoint, study)):
+        for flag, value in values.items():
+            assert flag in part, f"README.md's submit command has no {flag}: {line}"
+            part[part.index(flag) + 1] = value
+    return [*head, "--", *entrypoint, *extra]
+
+
+def _proc_table() -> dict[int, tuple[int, bytes, str]]:
+    """pid -> (parent pid, environment block, command line) of every process readable in /proc."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            fields = stat[stat.rindex(")") + 2:].split()
+            if fields[0] == "Z":  # a zombie is already dead; only its parent can reap it
+                continue
+            table[int(entry.name)] = (int(fields[1]), (entry / "environ").read_bytes(),
+                                      (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+        except (OSError, ValueError, IndexError):
+            continue
+    return table
+
+
 class LoopbackCluster:
-    def __init__(self, workdir: Path, *, cpus_per_node: int = 1, memory_bytes: int = 3 * 10**9) -> None:
+    def __init__(self, workdir: Path, *, cpus_per_node: int = 1, memory_bytes: int = 3 * 10**9,
+                 node_env: dict[str, str] | None = None, mlflow_artifacts: str | None = None) -> None:
+        """`node_env`: extra environment of every node (what a cloud node would have, e.g. S3 credentials);
+        `mlflow_artifacts`: the tracking server's --artifacts-destination (default: a local folder)."""
         self.workdir = workdir
         self.cpus = cpus_per_node
         self.memory = memory_bytes
         self.gcs_port = free_port()
         self.dashboard_port = free_port()
         self.mlflow_port = free_port()
-        self.token = workdir / "ray_token"
+        self.mlflow_artifacts = mlflow_artifacts
+        self.id = uuid.uuid4().hex
+        # The node's home as the YAML's setup leaves it: ~/venv (here: the test's venv) and the shared token.
+        self.home = workdir / "home"
+        (self.home / ".ray").mkdir(parents=True)
+        (self.home / "venv").symlink_to(VENV)
+        self.token = self.home / ".ray" / "auth_token"
         self.token.write_text(uuid.uuid4().hex)
+        self.node_env = {
+            "HOME": str(self.home), "PATH": CLEAN_PATH, "LANG": "C.UTF-8", "USER": os.environ.get("USER", "root"),
+            "RAY_HEAD_IP": "127.0.0.1",  # set by the cluster launcher on every node
+            "RAY_USAGE_STATS_ENABLED": "0", MARKER: self.id, **(node_env or {}),
+        }
+        # The client (`ray job submit`, the test's own queries, the MLflow server): the test's environment.
         self.env = {
-            **os.environ,
-            "RAY_AUTH_MODE": "token",
-            "RAY_AUTH_TOKEN_PATH": str(self.token),
-            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-            "RAY_USAGE_STATS_ENABLED": "0",
-            "PYTHONUNBUFFERED": "1",
+            **os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token),
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "RAY_USAGE_STATS_ENABLED": "0",
+            "PYTHONUNBUFFERED": "1", MARKER: self.id, **(node_env or {}),
         }
         # Ray's socket paths must stay under 107 bytes: session dirs go in a short folder of their own.
         self.session_root = Path(tempfile.mkdtemp(prefix="msdnrc-", dir="/tmp"))
         self.temp_dir = self.session_root / "head"
         self.mlflow_proc: subprocess.Popen | None = None
-        self.worker_started = False
+        self.workers = 0
 
     @property
     def address(self) -> str:
@@ -71,19 +167,29 @@ class LoopbackCluster:
             raise RuntimeError(f"ray {' '.join(args)} failed ({out.returncode}):\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
         return out
 
-    def _node_ports(self) -> list[str]:
-        return [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+    def _loopback_args(self, temp_dir: Path) -> list[str]:
+        """What a node needs here and not on a cloud node: its own ports, temp dir and limits."""
+        return [f"--temp-dir={temp_dir}", "--node-ip-address=127.0.0.1", f"--num-cpus={self.cpus}",
+                f"--memory={self.memory}", "--object-store-memory=150000000", "--disable-usage-stats",
+                f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
                 f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
                 f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}"]
 
-    def _limits(self) -> list[str]:
-        return ["--node-ip-address=127.0.0.1", f"--num-cpus={self.cpus}", f"--memory={self.memory}",
-                "--object-store-memory=150000000", "--disable-usage-stats"]
+    def _run_node_commands(self, key: str, extra: list[str], env: dict[str, str], wrap=lambda script: script) -> None:
+        for command in launcher_start_commands(key):
+            script = loopback_command(command, self.gcs_port, extra)
+            if script is None:
+                continue
+            out = subprocess.run(["bash", "-c", wrap(script)], env=env, capture_output=True, text=True, timeout=180,
+                                 start_new_session=True)
+            if out.returncode != 0:
+                raise RuntimeError(f"{key} command failed ({out.returncode}): {script}\n"
+                                   f"{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
 
     def start(self) -> "LoopbackCluster":
-        self.ray("start", "--head", f"--port={self.gcs_port}", f"--temp-dir={self.temp_dir}",
-                 "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
-                 *self._limits(), *self._node_ports())
+        self._run_node_commands("head_start_ray_commands",
+                                [*self._loopback_args(self.temp_dir), f"--dashboard-port={self.dashboard_port}"],
+                                self.node_env)
         self.start_worker()
         self.wait_for_nodes(2)
         self.start_mlflow()
@@ -94,25 +200,24 @@ class LoopbackCluster:
         """A folder the head sees but the worker node does not (a tmpfs over it in the worker's mount namespace)."""
         return self.workdir / "node_local"
 
-    def start_worker(self) -> None:
-        """The worker node, in its own mount namespace: like a second machine, it cannot see `node_local_dir`."""
+    def start_worker(self, env: dict[str, str] | None = None, resource: str = "worker_node") -> None:
+        """A worker node from the YAML's worker commands, in its own mount namespace: like a second machine,
+        it cannot see `node_local_dir`. `env` overrides the node's environment (a misconfigured node)."""
         self.node_local_dir.mkdir(exist_ok=True)
-        args = [str(BIN / "ray"), "start", f"--address={self.address}", f"--temp-dir={self.session_root / 'worker'}",
-                *self._limits(), *self._node_ports(), '--resources={"worker_node": 1}']
-        script = f"mount -t tmpfs none {shlex.quote(str(self.node_local_dir))} && exec {shlex.join(args)}"
-        out = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
-                             env=self.env, capture_output=True, text=True, timeout=120)
-        if out.returncode != 0:
-            raise RuntimeError(f"starting the worker node failed ({out.returncode}):\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
-        self.worker_started = True
+        self.workers += 1
+        extra = [*self._loopback_args(self.session_root / f"worker{self.workers}"), f'--resources={{"{resource}": 1}}']
+        mount = f"mount -t tmpfs none {shlex.quote(str(self.node_local_dir))}"
+        self._run_node_commands(
+            "worker_start_ray_commands", extra, {**self.node_env, **(env or {})},
+            wrap=lambda script: shlex.join(["unshare", "--mount", "--propagation", "private", "bash", "-c",
+                                            f"{mount} || exit 1; {script}"]),
+        )
 
     def alive_nodes(self) -> list[dict]:
         code = ("import json, ray; ray.init(address='%s', logging_level='ERROR'); "
                 "print(json.dumps([{'id': n['NodeID'], 'alive': n['Alive'], 'resources': n['Resources']} "
                 "for n in ray.nodes()]))" % self.address)
         out = subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True, text=True, timeout=120)
-        import json
-
         lines = [line for line in out.stdout.splitlines() if line.startswith("[")]
         return [n for n in json.loads(lines[-1]) if n["alive"]] if lines else []
 
@@ -124,10 +229,23 @@ class LoopbackCluster:
             time.sleep(2)
         raise RuntimeError(f"the Ray cluster at {self.address} did not reach {count} nodes in {timeout} s")
 
-    def worker_raylet_pids(self) -> list[int]:
-        """Process ids of the worker node's raylet (the one started with the worker_node resource)."""
-        out = subprocess.run(["pgrep", "-f", "raylet.*worker_node"], capture_output=True, text=True)
-        return [int(p) for p in out.stdout.split()]
+    def processes(self) -> dict[int, str]:
+        """Every live process this cluster started (pid -> command line): the marker in its environment,
+        or a descendant of such a process."""
+        table = _proc_table()
+        marker = f"{MARKER}={self.id}".encode()
+        ours = {pid for pid, (_, environ, _) in table.items() if marker in environ.split(b"\0")}
+        grew = True
+        while grew:
+            children = {pid for pid, (ppid, _, _) in table.items() if ppid in ours and pid not in ours}
+            ours |= children
+            grew = bool(children)
+        ours.discard(os.getpid())
+        return {pid: table[pid][2] for pid in ours}
+
+    def worker_raylet_pids(self, resource: str = "worker_node") -> list[int]:
+        """Process ids of this cluster's raylet started with `resource` (the worker node)."""
+        return [pid for pid, cmd in self.processes().items() if "raylet" in cmd.split(" ")[0] and resource in cmd]
 
     def kill_worker_node(self) -> None:
         for pid in self.worker_raylet_pids():
@@ -135,10 +253,11 @@ class LoopbackCluster:
 
     def start_mlflow(self) -> None:
         log = open(self.workdir / "mlflow_server.log", "w")
+        artifacts = (["--artifacts-destination", self.mlflow_artifacts] if self.mlflow_artifacts
+                     else ["--default-artifact-root", str(self.workdir / "mlartifacts")])
         self.mlflow_proc = subprocess.Popen(
             [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{self.workdir / 'mlflow.db'}",
-             "--default-artifact-root", str(self.workdir / "mlartifacts"), "--host", "127.0.0.1",
-             "--port", str(self.mlflow_port), "--workers", "1"],
+             *artifacts, "--host", "127.0.0.1", "--port", str(self.mlflow_port), "--workers", "1"],
             env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         deadline = time.time() + 90
@@ -153,20 +272,32 @@ class LoopbackCluster:
 
     def submit(self, working_dir: Path, entrypoint: list[str], timeout: float = 900) -> subprocess.CompletedProcess:
         """`ray job submit` (waits for the job and streams its logs), exactly as a user types it."""
-        return subprocess.run(
-            [str(BIN / "ray"), "job", "submit", "--address", self.dashboard, "--working-dir", str(working_dir),
-             "--", *entrypoint],
-            env=self.env, capture_output=True, text=True, timeout=timeout, cwd=working_dir,
-        )
+        return self.run_client(["ray", "job", "submit", "--address", self.dashboard, "--working-dir", str(working_dir),
+                                "--", *entrypoint], cwd=working_dir, timeout=timeout)
+
+    def run_client(self, argv: list[str], cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
+        """A command on the user's machine (the test's venv on PATH, the cluster's token)."""
+        return subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
     def stop(self) -> None:
+        """End this cluster's processes only (MLflow, Ray daemons, workers, job drivers), never another's."""
         if self.mlflow_proc is not None and self.mlflow_proc.poll() is None:
             os.killpg(self.mlflow_proc.pid, signal.SIGTERM)
             try:
                 self.mlflow_proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 os.killpg(self.mlflow_proc.pid, signal.SIGKILL)
-        # `ray stop` ends every Ray process of this machine's user; the tests run one cluster at a time.
-        self.ray("stop", "--force", timeout=120, check=False)
+        # SIGKILL, as `ray stop --force` does, but only to this cluster's processes; again for any that a
+        # dying parent started meanwhile.
+        deadline = time.time() + 30
+        pids = self.processes()
+        while pids and time.time() < deadline:
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            time.sleep(0.5)
+            pids = self.processes()
         subprocess.run(["umount", "-l", str(self.node_local_dir)], capture_output=True)  # in case it leaked here
         shutil.rmtree(self.session_root, ignore_errors=True)

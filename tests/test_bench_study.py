@@ -35,7 +35,8 @@ def _trials():
 def test_analysis_of_hand_made_results():
     import bench_study
 
-    run = bench_study.StudyRun(opts=None, space=None, wall_s=20.0, loop_s=10.0, trials=_trials())
+    run = bench_study.StudyRun(opts=None, space=None, wall_s=20.0, driver_cpu_s=5.0, loop_s=10.0,
+                                   trials=_trials())
     f = bench_study.analyse(run, slots=1)
     assert f["trial_epochs"] == 5 and f["train_eval_s"] == pytest.approx(5.4)
     assert f["utilisation"] == pytest.approx(0.54)

@@ -1,7 +1,8 @@
 """The study on a real two-node Ray cluster (loopback), submitted with `ray job submit`.
 
-Slow tier: each test starts a Ray head and a worker node, and an MLflow tracking server with a
-SQLite backend; everything is stopped afterwards, also when an assertion fails.
+Slow tier: each test starts a Ray head and a worker node with the launcher YAML's own start commands,
+in a clean environment without the venv on PATH (tests/loopback_cluster.py), and an MLflow tracking
+server with a SQLite backend; everything is stopped afterwards, also when an assertion fails.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from loopback_cluster import BIN, LoopbackCluster
+from loopback_cluster import BIN, LoopbackCluster, readme_submit_command
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -28,6 +29,7 @@ def cluster(tmp_path):
         yield c
     finally:
         c.stop()
+    assert not c.processes(), f"processes of the test cluster still running: {c.processes()}"
     for marker in (str(tmp_path), str(c.session_root)):
         leftover = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout.split()
         assert not leftover, f"processes of the test cluster still running: {leftover}"
@@ -47,7 +49,8 @@ def shared_results(tmp_path) -> Path:
 
 def study_command(cluster: LoopbackCluster, data_root: Path, results: Path, *extra: str) -> list[str]:
     return ["python", "tune/run.py", "--dataset", "synthetic", "--address", "auto", "--data-root", str(data_root),
-            "--storage-path", str(results), "--mlflow-uri", cluster.mlflow_uri, *extra]
+            "--storage-path", str(results), "--mlflow-uri", cluster.mlflow_uri, "--refit-seeds", "1", "--no-baseline",
+            *extra]
 
 
 def runs(cluster: LoopbackCluster):
@@ -62,11 +65,19 @@ def runs(cluster: LoopbackCluster):
     return client, parents, children
 
 
-def test_study_submitted_as_a_ray_job_uses_both_nodes(cluster, shared_data, shared_results):
+def test_readmes_submit_command_runs_on_nodes_started_by_the_launcher_yaml(cluster, shared_data, shared_results):
     nodes = {n["id"] for n in cluster.alive_nodes()}
     assert len(nodes) == 2
-    out = cluster.submit(REPO, study_command(cluster, shared_data, shared_results, "--num-samples", "4",
-                                             "--max-epochs", "3"))
+    # The README's command as a user types it (entrypoint `python tune/run.py`, unchanged); only the
+    # cluster's addresses, paths and this machine's lack of GPUs differ.
+    command = readme_submit_command(
+        submit={"--address": cluster.dashboard},
+        study={"--dataset": "synthetic", "--data-root": str(shared_data), "--storage-path": str(shared_results),
+               "--mlflow-uri": cluster.mlflow_uri, "--gpus-per-trial": "0"},
+        extra=["--num-samples", "4", "--max-epochs", "3"],
+    )
+    assert command[command.index("--") + 1:][:2] == ["python", "tune/run.py"]
+    out = cluster.run_client(command, cwd=REPO)
     logs = out.stdout + out.stderr
     assert out.returncode == 0 and "succeeded" in logs, logs[-4000:]
     assert "cluster of 2 nodes: storage and data reachable from every node" in logs

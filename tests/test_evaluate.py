@@ -80,3 +80,31 @@ def test_missing_authors_keys_and_foreign_files_are_reported(tmp_path):
         load_checkpoint_model(other)
     with pytest.raises(FileNotFoundError, match="nope.pt"):
         load_checkpoint_model(tmp_path / "nope.pt")
+
+
+def test_evaluation_grid_equals_separate_evaluations_of_the_model(synthetic_root):
+    """One forward pass with the settings grid gives, at each (alpha, gamma), what evaluating there gives."""
+    from msdn.config import default_config
+    from msdn.evaluate import evaluate_model
+    from msdn.metrics import EvalGrid
+    from msdn.train import Trainer
+
+    trainer = Trainer(default_config("synthetic", data_root=str(synthetic_root), protocol="val", epochs=1,
+                                     device="cpu"), progress=None)
+    trainer.train_epoch()
+    split = trainer.split
+    args = (trainer.model, trainer.bench.features, split.labels, split.eval_seen_idx, split.eval_unseen_idx)
+    grid = EvalGrid(alphas=(0.0, 0.9, 1.0), gammas=(1.0, 2.0, 3.0))
+    result = evaluate_model(*args, alpha=0.9, gamma=2.0, gammas=np.array([2.0]), grid=grid)
+    assert (result.grid.alphas.tolist(), result.grid.gammas.tolist()) == (list(grid.alphas), list(grid.gammas))
+    assert np.ptp(result.grid.harmonic) > 0.05, "the settings must matter for this test to mean anything"
+    for i, a in enumerate(grid.alphas):
+        for j, g in enumerate(grid.gammas):
+            single = evaluate_model(*args, alpha=a, gamma=g, gammas=np.array([g]))
+            assert (result.grid.seen[i, j], result.grid.unseen[i, j], result.grid.harmonic[i, j]) == (
+                single.S, single.U, single.H), (a, g)
+    assert (result.S, result.U, result.H) == (result.grid.seen[1, 1], result.grid.unseen[1, 1],
+                                              result.grid.harmonic[1, 1])
+    assert result.summary()["H_grid"] == result.grid.harmonic.max() and single.grid is None
+    alone = evaluate_model(*args, alpha=0.5, gamma=1.0, gammas=np.array([1.0]), grid=EvalGrid(None, None))
+    assert alone.grid.harmonic.shape == (1, 1) and alone.summary()["H_grid"] == alone.H

@@ -1,9 +1,12 @@
-"""GZSL metrics on a hand-worked example, and the calibration curve against separate evaluations."""
+"""GZSL metrics on a hand-worked example; the calibration curve and the settings grid against separate evaluations."""
+import dataclasses
+
 import numpy as np
 import pytest
 
 from msdn.metrics import (
-    calibrated_predictions, calibration_curve, gzsl_evaluate, harmonic_mean, per_class_accuracy, zsl_accuracy,
+    GRID_KEYS, EvalGrid, calibrated_predictions, calibration_curve, fuse_scores, grid_evaluate, gzsl_evaluate,
+    harmonic_mean, per_class_accuracy, zsl_accuracy,
 )
 
 UNSEEN = np.array([False, False, True, True])  # classes 0, 1 seen; 2, 3 unseen
@@ -77,3 +80,70 @@ def test_curve_equals_separate_evaluations(seed):
     # calibration must matter on such scores: S falls and U rises with gamma
     assert curve.seen[0] > curve.seen[-1] and curve.unseen[0] < curve.unseen[-1]
     assert curve.best_gamma == gammas[np.argmax(curve.harmonic)]
+
+
+def _subnet_scores(rng, labels, unseen):
+    """Two informative sub-nets that disagree: a2v knows some classes better, v2a others; seen-biased."""
+    n, k = labels.size, unseen.size
+    strong = rng.random(k) < 0.5
+    out = []
+    for boost in (np.where(strong, 2.0, 0.3), np.where(strong, 0.3, 2.0)):
+        s = rng.normal(size=(n, k)).astype(np.float32)
+        s[np.arange(n), labels] += boost[labels].astype(np.float32)
+        s[:, ~unseen] += 1.0
+        out.append(s)
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_settings_grid_equals_separate_evaluations(seed):
+    rng = np.random.default_rng(seed)
+    unseen = np.zeros(10, bool)
+    unseen[rng.choice(10, 4, replace=False)] = True
+    seen_labels = rng.choice(np.flatnonzero(~unseen), 200)
+    unseen_labels = rng.choice(np.flatnonzero(unseen), 150)
+    seen_a2v, seen_v2a = _subnet_scores(rng, seen_labels, unseen)
+    unseen_a2v, unseen_v2a = _subnet_scores(rng, unseen_labels, unseen)
+    alphas, gammas = np.round(np.linspace(0, 1, 11), 10), np.round(np.linspace(-2, 4, 25), 10)
+    grid = grid_evaluate(seen_a2v, seen_v2a, seen_labels, unseen_a2v, unseen_v2a, unseen_labels, unseen, alphas, gammas)
+    assert grid.harmonic.shape == (11, 25)
+    for i, a in enumerate(alphas):
+        seen_fused, unseen_fused = fuse_scores(seen_a2v, seen_v2a, a), fuse_scores(unseen_a2v, unseen_v2a, a)
+        for j, g in enumerate(gammas):
+            single = gzsl_evaluate(seen_fused, seen_labels, unseen_fused, unseen_labels, unseen, g, np.array([g]))
+            assert (grid.seen[i, j], grid.unseen[i, j]) == (pytest.approx(single.S, abs=1e-12),
+                                                           pytest.approx(single.U, abs=1e-12))
+            assert grid.harmonic[i, j] == pytest.approx(single.H, abs=1e-12)
+    # both settings matter on such scores, so the grid's best beats every single row and column
+    i, j = grid.best_index
+    assert grid.harmonic[i, j] == grid.harmonic.max() > max(grid.harmonic[:, 0].max(), grid.harmonic[0].max())
+    assert 0 < i < 10, "fusing both sub-nets should beat either alone here"
+    best = grid.at_best()
+    assert list(best) == list(GRID_KEYS)
+    assert (best["grid_alpha"], best["grid_gamma"], best["H_grid"]) == (alphas[i], gammas[j], grid.harmonic[i, j])
+
+
+def test_settings_grid_picks_the_first_maximum_and_fuses_as_documented():
+    a2v = np.array([[1.0, 0.0, 0.0]], np.float32)
+    v2a = np.array([[0.0, 1.0, 0.0]], np.float32)
+    np.testing.assert_allclose(fuse_scores(a2v, v2a, 0.25), [[0.25, 0.75, 0.0]])
+    unseen = np.array([False, False, True])
+    # every setting scores H = 0 here (no unseen image): the first maximum is the smallest alpha and gamma
+    grid = grid_evaluate(a2v, v2a, np.array([0]), a2v[:0], v2a[:0], np.array([], int), unseen,
+                         np.array([0.0, 0.5, 1.0]), np.array([-1.0, 0.0, 1.0]))
+    assert grid.best_index == (0, 0) and grid.at_best()["grid_alpha"] == 0.0
+
+
+def test_eval_grid_axes_keep_the_configured_value_of_an_unswept_setting():
+    alphas, gammas = EvalGrid(alphas=None, gammas=(0.0, 1.0)).axes(0.7, 2.0)
+    assert alphas.tolist() == [0.7] and gammas.tolist() == [0.0, 1.0]
+    assert [a.tolist() for a in EvalGrid(None, None).axes(0.7, 2.0)] == [[0.7], [2.0]]
+
+
+def test_summary_has_the_grid_keys_only_with_a_grid():
+    r = gzsl_evaluate(SEEN_SCORES, SEEN_LABELS, UNSEEN_SCORES, UNSEEN_LABELS, UNSEEN, 2.0, np.array([0.0, 2.0]))
+    assert not set(GRID_KEYS) & set(r.summary())
+    grid = grid_evaluate(SEEN_SCORES, SEEN_SCORES, SEEN_LABELS, UNSEEN_SCORES, UNSEEN_SCORES, UNSEEN_LABELS, UNSEEN,
+                         np.array([0.5]), np.array([0.0, 2.0]))
+    summary = dataclasses.replace(r, grid=grid).summary()
+    assert (summary["H_grid"], summary["grid_gamma"], summary["grid_alpha"]) == (pytest.approx(0.6), 2.0, 0.5)

@@ -1,6 +1,7 @@
 """A study's results (msdn/study/results.py) and what is printed and saved of them (msdn/study/report.py)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -10,8 +11,9 @@ import pytest
 
 from msdn.metrics import HEADLINE_KEYS, SCORE_KEYS, SUMMARY_KEYS
 from msdn.study.options import StudyOptions
-from msdn.study.report import end_lines, format_table, summary_dict
-from msdn.study.results import RefitResult, StudyResult, TrialSummary, best_trial, trial_state, trial_summaries
+from msdn.study.report import end_lines, format_table, refit_lines, summary_dict
+from msdn.study.results import (BASELINE, TUNED, RefitResult, Refits, StudyResult, TrialSummary, best_trial,
+                                trial_state, trial_summaries)
 from msdn.study.search_space import METRICS, load_search_space
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,7 +22,8 @@ NAN = float("nan")
 
 @pytest.fixture(scope="module")
 def space():
-    return load_search_space(REPO / "search_spaces" / "synthetic.yaml", "synthetic")
+    """The shipped synthetic space, optimising H (the epochs below have no settings grid)."""
+    return dataclasses.replace(load_search_space(REPO / "search_spaces" / "synthetic.yaml", "synthetic"), metric="H")
 
 
 def epoch(i: int, H: float, **extra) -> dict:
@@ -93,7 +96,7 @@ def test_format_table_ranks_the_top_trials_best_first(space):
     assert len(lines) == 3  # the header and the top 2; the errored trial has no row
     first = dict(zip(header, lines[1].split()))
     assert first == {**first, "#": "1", "state": "stopped_early", "epochs": "2/3", "lr": "0.00025", "momentum": "0",
-                     "S": "50.00", "H": "70.00", "H@best-gamma": "71.00", "best-gamma": "1.50", "alpha": "None"}
+                     "S": "50.00", "H": "70.00", "H@best-gamma": "71.00", "best-gamma": "1.50", "lambda_dis": "None"}
     assert dict(zip(header, lines[2].split()))["state"] == "completed"
     assert len({len(line) for line in lines}) == 1  # right-aligned columns
 
@@ -103,11 +106,13 @@ def test_summary_and_end_lines(space, tmp_path):
     refit = RefitResult(metrics={k: 0.5 for k in SUMMARY_KEYS}, epochs=2, seed=11, train_time=1.5,
                         curve={"curve_gamma": [0.0, 1.0]})
     result = StudyResult("/r/msdn", "sqlite:///x.db", "1", "run", trials=[best, trial("d", None, state="errored")],
-                         best=best, refit=refit)
+                         best=best, refits=Refits([refit]), best_config_path="/r/msdn/best_config.yaml")
     summary = json.loads(json.dumps(summary_dict(result)))
     assert summary["best"]["trial_id"] == "c" and summary["best"]["best_epoch"] == 2
     assert summary["best"]["metrics"]["H"] == 0.7 and "curve_H" not in summary["best"]["metrics"]
-    assert summary["refit"] == {**{k: 0.5 for k in SUMMARY_KEYS}, "epochs": 2, "seed": 11, "train_time": 1.5}
+    assert summary["refit"] == {**{k: 0.5 for k in SUMMARY_KEYS}, "epochs": 2, "seed": 11, "train_time": 1.5,
+                                "config": "tuned", "checkpoint": None}
+    assert summary["refits"]["seeds"] == [11] and summary["best_config"] == "/r/msdn/best_config.yaml"
     assert summary["trials"][1] == {"trial_id": "d", "params": {}, "error": None, "state": "errored", "epochs": 0,
                                     "metrics": {}}
     opts = StudyOptions(dataset="synthetic", search_space=space.path, experiment="msdn-synthetic-val")
@@ -115,7 +120,40 @@ def test_summary_and_end_lines(space, tmp_path):
     assert lines[0] == "\n2 trials: 1 completed, 1 errored"
     assert lines[1].startswith("best trial c at epoch 2: H=0.7000")
     assert lines[2] == "TEST (refit on trainval, 2 epochs, gamma=0.50): S=0.5000 U=0.5000 H=0.5000 ZSL=0.5000"
+    assert "best configuration: /r/msdn/best_config.yaml   (OMP_NUM_THREADS=1 python -m msdn.train --config " \
+           "/r/msdn/best_config.yaml --dataset synthetic --device cpu)" in lines  # the refit's device and threads
     assert lines[-1].startswith("MLflow:  mlflow ui --backend-store-uri sqlite:///x.db")
+
+
+def refit(config: str, seed: int, H: float, epochs: int = 2) -> RefitResult:
+    metrics = {"S": H + 0.05, "U": H - 0.05, "H": H, "zsl_acc": 0.6, "gamma": 1.5}
+    return RefitResult(metrics=metrics, epochs=epochs, seed=seed, train_time=1.0, curve={}, config=config)
+
+
+def test_refit_table_shows_each_configuration_over_seeds_and_the_paired_delta():
+    refits = Refits(tuned=[refit(TUNED, s, H) for s, H in ((1, 0.62), (2, 0.58), (3, 0.66))],
+                    baseline=[refit(BASELINE, s, H, 10) for s, H in ((1, 0.50), (2, 0.49), (3, 0.53))])
+    header, columns, tuned, authors, delta = refit_lines(refits)
+    assert header.startswith("TEST (refit on trainval, each tested once; seeds 1, 2, 3;")
+    assert columns.split() == ["epochs", "S", "U", "H", "ZSL"]
+    # H of the tuned configuration: mean 62.00, sd 4.00, t interval 62 ± 4.303 * 4 / sqrt(3) = [52.06, 71.94]
+    assert tuned.split()[:2] == ["tuned", "2"] and "62.00 ± 4.00 [52.06, 71.94]" in tuned
+    assert authors.split()[:2] == ["authors'", "10"] and "50.67 ± 2.08" in authors
+    # per-seed differences 12, 9, 13: mean 11.33, interval 11.33 ± 4.303 * 2.08 / sqrt(3) = [6.16, 16.50]
+    assert delta.startswith("delta H (tuned - authors', paired by seed): +11.33 points, 95% interval [+6.16, +16.50]")
+    assert delta.endswith("the tuned configuration is better")
+    assert len({len(line) for line in (columns, tuned, authors)}) == 1  # aligned columns
+    close = Refits(tuned=[refit(TUNED, 1, 0.60), refit(TUNED, 2, 0.50)],
+                   baseline=[refit(BASELINE, 1, 0.55), refit(BASELINE, 2, 0.52)])
+    assert refit_lines(close)[-1].endswith("no clear difference at this number of seeds")
+    # one seed: the single line of a study without seeds, then the authors' and the difference without interval
+    single = refit_lines(Refits(tuned=[refit(TUNED, 1, 0.5)], baseline=[refit(BASELINE, 1, 0.45, 10)]))
+    assert single == ["TEST (refit on trainval, 2 epochs, gamma=1.50): S=0.5500 U=0.4500 H=0.5000 ZSL=0.6000",
+                      "TEST, authors' configuration (refit on trainval, 10 epochs, gamma=1.50): S=0.5000 U=0.4000 "
+                      "H=0.4500 ZSL=0.6000",
+                      "delta H (tuned - authors', same seed): +5.00 points (one seed: no interval; --refit-seeds 3 or "
+                      "more gives one)"]
+    assert refit_lines(Refits(tuned=[refit(TUNED, 1, 0.5)]))[1:] == []
 
 
 def test_a_study_that_failed_at_start_leaves_nothing_that_blocks_a_retry(tmp_path):
@@ -136,3 +174,16 @@ def test_a_study_that_failed_at_start_leaves_nothing_that_blocks_a_retry(tmp_pat
     uri_opts = StudyOptions(dataset="synthetic", search_space=Path("x.yaml"), storage_path="s3://bucket/p",
                             experiment="exp")
     assert not remove_unstarted_experiment(uri_opts)  # object storage is never deleted from
+
+
+def test_settings_grid_lines_say_where_alpha_and_gamma_were_chosen():
+    from msdn.study.report import grid_lines
+
+    best = epoch(3, 0.4, H_grid=0.5, S_grid=0.6, U_grid=0.43, grid_alpha=0.85, grid_gamma=2.1, gamma=2.0)
+    (line,) = grid_lines(best, "val")
+    assert line.startswith("settings grid at the best epoch, chosen on validation: alpha=0.85 gamma=2.10: S=0.6000")
+    configured, grid = grid_lines(best, "paper")  # both figures, each labelled as selected on the test split
+    assert configured.startswith("paper protocol, configured gamma=2.00: S=0.5000 U=0.4000 H=0.4000")
+    assert "selected on TEST" in configured and grid.endswith("(alpha, gamma and epoch selected on TEST)")
+    assert "alpha=0.85 gamma=2.10: S=0.6000 U=0.4300 H=0.5000" in grid
+    assert grid_lines(epoch(3, 0.4), "val") == [] and grid_lines(epoch(3, 0.4, H_grid=NAN), "paper") == []

@@ -8,10 +8,11 @@ import pytest
 import yaml
 
 from msdn.config import DATASETS, default_config
+from msdn.metrics import EvalGrid
 from msdn.study.search_space import SearchSpaceError, load_search_space
 
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
-SEARCHED_AT_LEAST = {"lambda_dis", "lambda_cal", "gamma", "lr", "lr_v_factor", "weight_decay", "alpha"}
+SEARCHED_AT_LEAST = {"lambda_dis", "lambda_cal", "lr", "lr_v_factor", "weight_decay"}
 
 
 def base_space() -> dict:
@@ -55,8 +56,12 @@ def test_shipped_space_loads_and_builds_tune_space(dataset):
     from ray.tune.search.sample import Domain
 
     space = load_search_space(SPACES / f"{dataset}.yaml", dataset=dataset)
-    assert (space.dataset, space.metric, space.mode) == (dataset, "H", "max")
+    assert (space.dataset, space.metric, space.mode) == (dataset, "H_grid", "max")
     assert SEARCHED_AT_LEAST <= set(space.param_names)
+    # only training hyperparameters are searched: alpha and gamma come from the settings grid
+    assert not {"alpha", "gamma"} & set(space.param_names)
+    grid = space.eval_grid()
+    assert default_config(dataset).alpha in grid.alphas and default_config(dataset).gamma in grid.gammas
     tune_space = space.tune_param_space()
     assert set(tune_space) == set(space.param_names)
     assert all(isinstance(domain, Domain) for domain in tune_space.values())
@@ -75,7 +80,7 @@ def test_initial_points_spot_check_the_published_values():
     assert load_search_space(SPACES / "awa2.yaml").initial_points("awa2")[0]["lambda_dis"] == 1e-7
     assert load_search_space(SPACES / "awa2.yaml").initial_points("awa2")[0]["momentum"] == 0.0
     assert load_search_space(SPACES / "sun.yaml").initial_points("sun")[0]["lambda_cal"] == 1e-4
-    assert load_search_space(SPACES / "cub.yaml").initial_points("cub")[0]["alpha"] == 0.9
+    assert load_search_space(SPACES / "cub.yaml").initial_points("cub")[0]["momentum"] == 0.9
 
 
 def test_shipped_asha_settings():
@@ -382,3 +387,63 @@ def test_dataset_mismatch(tmp_path):
     space["dataset"] = "cub"
     assert_error(write(tmp_path, space), "dataset = 'cub' but the study runs on 'sun'",
                  "expected the search space written for sun", dataset="sun")
+
+
+# --- the settings grid (eval_grid) ------------------------------------------------------------------
+
+def test_eval_grid_values_and_the_old_way(tmp_path):
+    space = base_space()  # searches alpha under params (the old way): only gamma is gridded
+    space["params"].pop("alpha")
+    space["eval_grid"] = {"alpha": {"low": 0.5, "high": 1.0, "step": 0.05}, "gamma": {"low": 0, "high": 3, "step": 0.5}}
+    grid = load_search_space(write(tmp_path, space), dataset="cub").eval_grid()
+    assert grid.alphas == (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0)  # rounded: 0.7, not 0.7000000001
+    assert grid.gammas == (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
+
+    old = load_search_space(write(tmp_path, base_space(), "old.yaml"), dataset="cub")  # no eval_grid section
+    assert old.eval_grid().alphas is None  # alpha searched: each trial keeps its own
+    assert old.eval_grid().gammas == tuple(round(-2.0 + 0.1 * k, 10) for k in range(81))  # the default gamma grid
+    both = base_space()
+    both["params"]["gamma"] = {"distribution": "uniform", "low": 0.0, "high": 4.0}
+    assert load_search_space(write(tmp_path, both, "both.yaml")).eval_grid() == EvalGrid(None, None)
+    space["eval_grid"] = {}
+    assert load_search_space(write(tmp_path, space, "none.yaml")).eval_grid() == EvalGrid(None, None)
+
+
+@pytest.mark.parametrize("grid, fragments", [
+    ([0.5, 1.0], ("eval_grid = [0.5, 1.0]", "expected a mapping with the keys alpha, gamma")),
+    ({"alpah": {}}, ("eval_grid.alpah is not a known key", "did you mean alpha?")),
+    ({"gamma": {"low": 0, "high": 4}}, ("eval_grid.gamma.step is missing",)),
+    ({"gamma": {"low": 0, "high": 4, "step": 0.3}}, ("eval_grid.gamma: (high - low) / step", "not a whole number")),
+    ({"gamma": {"low": 4, "high": 0, "step": 0.5}}, ("eval_grid.gamma.low = 4 is greater than",)),
+    ({"gamma": {"low": 0, "high": 4, "step": 0}}, ("eval_grid.gamma.step = 0; expected a step > 0",)),
+    ({"gamma": {"low": 0, "high": 4, "step": 0.001}}, ("eval_grid.gamma has 4001 values; expected at most 401",)),
+    ({"gamma": {"low": 0, "high": "x", "step": 1}}, ("eval_grid.gamma.high = 'x' is not a number",)),
+    ({"gamma": {"low": 0, "high": 4, "step": 1, "n": 3}}, ("eval_grid.gamma.n is not a known key",)),
+    ({"gamma": {"low": 0, "high": 4, "step": 1}, "alpha": {"low": 0.0, "high": 1.5, "step": 0.5}},
+     ("eval_grid.alpha is given but alpha is also searched under params.alpha",)),
+])
+def test_invalid_eval_grid(tmp_path, grid, fragments):
+    space = base_space()
+    space["eval_grid"] = grid
+    assert_error(write(tmp_path, space), *fragments)
+
+
+def test_eval_grid_values_the_trainer_rejects(tmp_path):
+    space = base_space()
+    space["params"].pop("alpha")
+    space["eval_grid"] = {"alpha": {"low": 0.0, "high": 1.5, "step": 0.5}}
+    assert_error(write(tmp_path, space), "eval_grid.alpha.high = 1.5 is rejected by the trainer")
+
+
+def test_eval_grid_must_hold_the_authors_values(tmp_path):
+    space = base_space()
+    space["params"].pop("alpha")
+    space["eval_grid"] = {"alpha": {"low": 0.0, "high": 0.9, "step": 0.3}}  # CUB's 0.9 is on it, SUN's 0.7 not
+    path = write(tmp_path, space)
+    load_search_space(path, dataset="cub")
+    assert_error(path, "the authors' sun value alpha = 0.7 is not a value of the grid alpha 0 to 0.9 step 0.3",
+                 "eval_grid.alpha", "or set searcher.start_from_defaults: false", dataset="sun")
+    space["eval_grid"] = {"gamma": {"low": 0.0, "high": 1.0, "step": 0.5}}  # the default gamma 2.0 is not on it
+    assert_error(write(tmp_path, space), "gamma = 2.0 is not a value of the grid gamma 0 to 1 step 0.5")
+    space["searcher"]["start_from_defaults"] = False
+    load_search_space(write(tmp_path, space), dataset="sun")

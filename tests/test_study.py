@@ -70,7 +70,7 @@ def mlflow_runs(db: Path, experiment: str = EXPERIMENT):
 @pytest.mark.slow
 def test_small_study_end_to_end(tmp_path, data_root):
     out = run_study(tmp_path, "--dataset", "synthetic", "--data-root", str(data_root), "--num-samples", "5",
-                    "--max-epochs", "4", "--seed", "3")
+                    "--max-epochs", "4", "--seed", "3", "--refit-seeds", "1", "--no-baseline")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "top trials" in out.stdout and "TEST (refit on trainval" in out.stdout
     client, parents, children = mlflow_runs(tmp_path / "mlflow.db")
@@ -81,14 +81,20 @@ def test_small_study_end_to_end(tmp_path, data_root):
     for key in ("test_S", "test_U", "test_H", "test_zsl_acc", "best_H"):
         assert 0.0 <= parent.data.metrics[key] <= 1.0, key
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
-    assert artifacts == {"plots/calibration_curve_best_trial.png", "plots/optimisation_history.png",
-                         "plots/calibration_curve_refit_test.png"}
+    assert artifacts >= {"plots/calibration_curve_best_trial.png", "plots/optimisation_history.png",
+                         "plots/calibration_curve_refit_test.png", "plots/settings_grid_best_trial.png"}
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "search_space")} == {"search_space/synthetic.yaml"}
+    # one refit: its checkpoint and the exported configuration, also next to the results (the path is printed)
+    (checkpoint,) = client.list_artifacts(parent.info.run_id, "refit_checkpoints")
+    assert checkpoint.path.startswith("refit_checkpoints/tuned-seed")
+    assert "best_config.yaml" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    best_config = tmp_path / "results" / EXPERIMENT / "best_config.yaml"
+    assert f"best configuration: {best_config}" in out.stdout and "protocol: paper" in best_config.read_text()
     states = []
     for child in children:
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert child.info.status == "FINISHED"
-        assert set(child.data.params) >= {"lambda_dis", "lambda_cal", "gamma", "lr", "lr_v_factor", "alpha"}
+        assert set(child.data.params) >= {"lambda_dis", "lambda_cal", "lr", "lr_v_factor", "weight_decay"}
         history = client.get_metric_history(child.info.run_id, "H")
         steps = sorted(m.step for m in history)
         epochs = int(child.data.tags["epochs_trained"])
@@ -101,7 +107,7 @@ def test_small_study_end_to_end(tmp_path, data_root):
         assert child.data.tags["placement.host"]
     assert "completed" in states
     # the authors' configuration is the first point Optuna evaluates
-    assert any(c.data.params["lambda_dis"] == "0.001" and c.data.params["gamma"] == "2.0" for c in children)
+    assert any(c.data.params["lambda_dis"] == "0.001" and c.data.params["lr"] == "0.0005" for c in children)
     # results of Tune are where --storage-path says
     assert (tmp_path / "results" / EXPERIMENT / "tuner.pkl").is_file()
 

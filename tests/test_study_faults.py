@@ -114,7 +114,8 @@ def server_runs(uri: str):
 def test_tracking_server_down_for_a_while_mid_study_loses_nothing(tmp_path, server, synthetic_root):
     samples = 6
     proc, log = start_study(tmp_path, "--dataset", "synthetic", "--data-root", str(synthetic_root), "--num-samples",
-                            str(samples), "--max-epochs", "4", "--mlflow-uri", server.uri)
+                            str(samples), "--max-epochs", "4", "--mlflow-uri", server.uri, "--refit-seeds", "1",
+                            "--no-baseline")
     wait_for_checkpoints(tmp_path, 2, proc, log)
     server.stop()
     time.sleep(12)  # trials go on meanwhile
@@ -138,7 +139,8 @@ def test_tracking_server_down_for_a_while_mid_study_loses_nothing(tmp_path, serv
 @pytest.mark.slow
 def test_tracking_server_that_never_comes_back_is_reported_and_the_study_exits_3(tmp_path, server, synthetic_root):
     proc, log = start_study(tmp_path, "--dataset", "synthetic", "--data-root", str(synthetic_root), "--num-samples",
-                            "3", "--max-epochs", "2", "--mlflow-uri", server.uri, "--tracking-timeout", "5")
+                            "3", "--max-epochs", "2", "--mlflow-uri", server.uri, "--tracking-timeout", "5",
+                            "--refit-seeds", "1", "--no-baseline")
     wait_for_checkpoints(tmp_path, 1, proc, log)
     server.stop()
     code = finish(proc)

@@ -1,10 +1,14 @@
 """Interrupting a study the way people do: Ctrl+C (SIGINT to the process group), SIGTERM to the driver, a second
-Ctrl+C while it shuts down, and Ctrl+C during the refit. An interrupted study exits 130, runs no
-refit and no test evaluation, leaves its runs KILLED (never FINISHED, never RUNNING), and `--resume`
-then finishes it: every trial exactly once, exactly one MLflow run per trial, the refit done once.
+Ctrl+C while it shuts down, and Ctrl+C during the refits. An interrupted study exits 130, reports no
+test result, leaves its runs KILLED (never FINISHED, never RUNNING), and `--resume` then finishes it:
+every trial exactly once, exactly one MLflow run per trial and per refit, each refit done once.
+
+The studies interrupted during their trials refit one seed without the authors' configuration
+(`QUICK_REFIT`); the one interrupted during its refits runs the default: 3 seeds, tuned and authors'.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 pytestmark = pytest.mark.slow
 
@@ -22,9 +27,12 @@ EXPERIMENT = "msdn-synthetic-val"
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
-def study_args(data_root: Path, samples: int = 6) -> list[str]:
+QUICK_REFIT = ["--refit-seeds", "1", "--no-baseline"]
+
+
+def study_args(data_root: Path, samples: int = 6, refit: list[str] = QUICK_REFIT) -> list[str]:
     return ["--dataset", "synthetic", "--data-root", str(data_root), "--num-samples", str(samples),
-            "--max-epochs", "4", "--seed", "1"]
+            "--max-epochs", "4", "--seed", "1", *refit]
 
 
 class Study:
@@ -133,17 +141,69 @@ def test_sigterm_then_a_second_ctrl_c_while_stopping_is_still_a_clean_interrupti
     assert_resumes_to_a_complete_study(tmp_path, synthetic_root, samples=4)
 
 
-def test_ctrl_c_during_the_refit_leaves_no_test_result_and_resume_refits_once(tmp_path, synthetic_root):
-    args = study_args(synthetic_root, samples=3)
+def refit_runs(workdir: Path) -> list:
+    client, *_ = runs(workdir)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    return [r for r in client.search_runs([experiment.experiment_id], max_results=1000)
+            if r.data.tags.get("msdn.study") == "refit"]
+
+
+def test_ctrl_c_during_the_refits_keeps_the_finished_ones_and_resume_runs_only_the_others(tmp_path, synthetic_root):
+    args = study_args(synthetic_root, samples=3, refit=[])  # the default: 3 seeds, tuned and authors' = 6 refits
+    refits = tmp_path / "results" / EXPERIMENT / "refits"
     study = Study(tmp_path, args, "first.log")
-    study.wait_for(lambda: "refit: training" in study.text(), "the refit")
+    study.wait_for(lambda: "[1/6]" in study.text(), "the first finished refit")
     study.signal_group(signal.SIGINT)
     code = study.finish()
     out = study.text()
     assert code == 130, out[-3000:]
-    assert "TEST (refit" not in out and "study interrupted" in out
+    assert "TEST (refit" not in out and "study interrupted" in out and "refits interrupted" in out
     _, parents, children = runs(tmp_path)
     assert parents[0].info.status == "KILLED" and parents[0].data.tags["study_state"] == "interrupted"
     assert "test_H" not in parents[0].data.metrics
     assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children)  # the trials had finished
-    assert_resumes_to_a_complete_study(tmp_path, synthetic_root, samples=3)
+    finished = {p.parent.name: p.stat().st_mtime_ns for p in refits.glob("*/result.json")}
+    assert 1 <= len(finished) < 6, finished
+    assert {r.data.tags["refit.name"] for r in refit_runs(tmp_path)} <= set(finished)
+
+    out = subprocess.run(RUN + args + ["--resume"], cwd=tmp_path, capture_output=True, text=True, env=ENV, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert out.stdout.count("TEST (refit") == 1
+    for name, mtime in finished.items():  # found in the storage, not run again
+        assert f"refit {name} (" in out.stdout and (refits / name / "result.json").stat().st_mtime_ns == mtime
+    assert out.stdout.count("[found in the study's storage: not run again]") == len(finished)
+    table = out.stdout[out.stdout.index("TEST (refit"):]
+    assert "\n  tuned " in table and "\n  authors' " in table and "delta H (tuned - authors', paired by seed)" in table
+
+    client, parents, children = runs(tmp_path)
+    parent = parents[0]
+    assert len(parents) == 1 and parent.info.status == "FINISHED" and len(children) == 3
+    for name in ("test_H", "test_S_mean", "test_H_mean", "test_H_std", "test_H_ci_low", "test_H_ci_high",
+                 "test_zsl_acc_ci_high", "baseline_test_H_mean", "baseline_test_U_ci_low", "delta_H_mean",
+                 "delta_H_ci_low", "delta_H_ci_high"):
+        assert name in parent.data.metrics, name
+    assert parent.data.metrics["test_H_ci_low"] <= parent.data.metrics["test_H_mean"] <= parent.data.metrics[
+        "test_H_ci_high"]
+    done = refit_runs(tmp_path)
+    names = sorted(r.data.tags["refit.name"] for r in done)
+    assert len(names) == 6 and len(set(names)) == 6  # one MLflow run per refit, none repeated
+    assert all(r.info.status == "FINISHED" and r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in done)
+    seeds = {config: {r.data.tags["refit.seed"] for r in done if r.data.tags["refit.config"] == config}
+             for config in ("tuned", "baseline")}
+    assert len(seeds["tuned"]) == 3 and seeds["tuned"] == seeds["baseline"]  # paired by seed
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert "best_config.yaml" in artifacts
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "refit_checkpoints")} == {
+        f"refit_checkpoints/{name}" for name in names}
+
+    # the exported configuration retrains the first tuned refit bit for bit (same device and threads: one CPU)
+    best_config = tmp_path / "results" / EXPERIMENT / "best_config.yaml"
+    seed = yaml.safe_load(best_config.read_text())["seed"]
+    refit = json.loads((refits / f"tuned-seed{seed}" / "result.json").read_text())
+    train = subprocess.run([sys.executable, "-m", "msdn.train", "--config", str(best_config), "--dataset", "synthetic",
+                            "--device", "cpu", "--json"], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                           env={**ENV, "OMP_NUM_THREADS": str(refit["threads"])})
+    assert train.returncode == 0, train.stderr[-3000:]
+    last = json.loads(train.stdout.strip().splitlines()[-1])
+    figures = ("S", "U", "H", "zsl_acc")
+    assert {k: last[k] for k in figures} == {k: refit["metrics"][k] for k in figures}

@@ -259,3 +259,20 @@ def test_gpu_share_from_the_trial_resources():
     assert trial_gpu_share(context({"CPU": 1.0, "GPU": 0.25})) == 0.25
     assert trial_gpu_share(context({"CPU": 1.0})) is None
     assert trial_gpu_share(SimpleNamespace()) is None  # not under Tune
+
+
+def test_the_settings_grid_is_reported_where_the_study_metric_improves():
+    """The trial reports the whole grid (for the heat map) at epochs that improve its metric, so its best has it."""
+    import numpy as np
+
+    from msdn.metrics import GridResult
+    from msdn.study.trainable import GRID_MAP_KEYS, grid_lists, improves
+
+    assert improves(0.5, None, "max") and improves(0.6, 0.5, "max") and not improves(0.5, 0.5, "max")
+    assert improves(0.4, 0.5, "min") and not improves(float("nan"), None, "max") and not improves(None, 0.1, "max")
+    h = np.array([[0.123456, 0.5], [0.25, 0.0]])
+    grid = GridResult(alphas=np.array([0.5, 1.0]), gammas=np.array([0.0, 2.0]), seen=h, unseen=h, harmonic=h)
+    lists = grid_lists(grid)
+    assert list(lists) == list(GRID_MAP_KEYS)
+    assert lists == {"curve_grid_alpha": [0.5, 1.0], "curve_grid_gamma": [0.0, 2.0],
+                     "curve_grid_H": [[0.1235, 0.5], [0.25, 0.0]]}

@@ -53,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-timeout", type=float, default=300.0,
                    help="seconds to wait at the end for an unreachable MLflow store before giving up (exit 3)")
     p.add_argument("--no-refit", action="store_true", help="skip retraining the best configuration on trainval")
+    p.add_argument("--refit-seeds", type=_positive_int, default=3, metavar="N",
+                   help="seeds of the refit on trainval, each tested once: mean, sd and 95%% interval of the test "
+                        "figures (1: a single refit, no interval)")
+    p.add_argument("--no-baseline", action="store_true",
+                   help="do not refit the authors' configuration with the same seeds (the paired comparison)")
     p.add_argument("--checkpoint-every", type=_positive_int, default=1, metavar="N",
                    help="epochs between a trial's checkpoints (its last epoch is always checkpointed); "
                         "an interrupted trial redoes at most N - 1 epochs")
@@ -92,7 +97,8 @@ def study(argv: list[str] | None = None) -> int:
         address=args.address, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
         storage_path=args.storage_path, mlflow_uri=args.mlflow_uri, experiment=args.experiment,
         protocol=args.protocol, resume=args.resume, seed=args.seed, data_root=args.data_root,
-        refit=not args.no_refit, device=args.device, max_failures=args.max_failures,
+        refit=not args.no_refit, refit_seeds=args.refit_seeds, baseline=not args.no_baseline,
+        device=args.device, max_failures=args.max_failures,
         tracking_timeout=args.tracking_timeout, checkpoint_every=args.checkpoint_every,
         reuse_workers=not args.no_reuse_workers,
     )

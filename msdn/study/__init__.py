@@ -5,8 +5,9 @@
     cluster.py       Ray: connecting, trial resources, per-node storage and data checks
     trainable.py     one trial: a Trainer driven epoch by epoch, reporting to Tune
     runner.py        run_study: the study from start to end (build_tuner, fit, refit, report)
-    refit.py         the best configuration retrained on trainval and tested once
-    results.py       TrialSummary, RefitResult, StudyResult; the trial-state rule; the best trial
+    refit.py         the refits: tuned and authors' configuration, N seeds, on trainval, tested once; best_config.yaml
+    stats.py         mean, sd, t intervals (paired by seed) of the refits' test figures
+    results.py       TrialSummary, RefitResult, Refits, StudyResult; the trial-state rule; the best trial
     report.py        the printed header, top-trials table and end lines; the summary file
     plots.py         the parent run's PNG plots
     tracking/        MLflow: the store, the per-trial callback, the parent run

@@ -1,7 +1,8 @@
 """The Ray side of a study: connecting, sizing trials, and checking every node before trials start.
 
 On a multi-node cluster, Tune's storage and the data root must be reachable from every node;
-`check_cluster_storage_and_data` proves it (a probe file, a data load per node) and builds each
+`check_cluster_storage_and_data` proves it (a probe file or, for s3:// / gs://, a probe object that
+each node reads with its own credentials; a data load per node) and builds each
 node's feature cache once, so a misconfigured cluster fails in seconds with a message saying why.
 """
 from __future__ import annotations
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from msdn.progress import Progress
-from msdn.study.options import StudyError, StudyOptions, is_uri
+from msdn.study.options import S3_ENVIRONMENT, StudyError, StudyOptions, is_uri
 
 
 def connect_ray(address: str | None) -> None:
@@ -69,6 +70,77 @@ def _probe_exists(path: str) -> bool:
     return Path(path).is_file()
 
 
+def _probe_object_exists(uri: str) -> bool:
+    """Whether this node reads the probe object at `uri`, with its own credentials and endpoint."""
+    import pyarrow.fs as pafs
+
+    fs, path = pafs.FileSystem.from_uri(uri)
+    return fs.get_file_info(path).type == pafs.FileType.File
+
+
+def _reason(outcome: Any) -> str:
+    """Why a node failed a check, in one line: the task's own exception, not Ray's wrapper and traceback."""
+    if not isinstance(outcome, Exception):
+        return "the probe is not there"
+    cause = getattr(outcome, "cause", None) or outcome
+    return f"{type(cause).__name__}: {str(cause).strip().splitlines()[0] if str(cause).strip() else ''}"
+
+
+def _check_local_storage_shared(opts: StudyOptions, node_count: int) -> None:
+    """A --storage-path folder must be the same shared folder on every node: a probe file the driver writes."""
+    import uuid
+
+    probe = Path(opts.storage_path) / f".msdn-storage-probe-{uuid.uuid4().hex}"
+    probe.parent.mkdir(parents=True, exist_ok=True)
+    probe.write_text("written by the study driver; every node must see this file\n")
+    try:
+        seen = _on_every_node(_probe_exists, str(probe))
+    finally:
+        probe.unlink(missing_ok=True)
+    blind = [node[:12] for node, ok in seen.items() if ok is not True]
+    if blind:
+        raise StudyError(
+            f"--storage-path {opts.storage_path} is local to the driver's node: {len(blind)} of {len(seen)} "
+            f"nodes of this {node_count}-node cluster cannot see it (node ids {', '.join(blind)}). Tune keeps "
+            f"results and checkpoints there, so every node must reach it: expected a shared filesystem "
+            f"path mounted at the same place on every node (NFS, EFS, a Kubernetes volume), or an "
+            f"s3:// / gs:// URI."
+        )
+
+
+def _check_object_storage_shared(opts: StudyOptions, node_count: int) -> None:
+    """An s3:// / gs:// --storage-path must be reachable from every node (trials upload checkpoints from
+    where they run): the driver writes a probe object, a task on each node reads it back."""
+    import uuid
+
+    import pyarrow.fs as pafs
+
+    uri = f"{opts.storage_path.rstrip('/')}/.msdn-storage-probe-{uuid.uuid4().hex}"
+    fs, path = pafs.FileSystem.from_uri(uri)
+    try:
+        with fs.open_output_stream(path) as out:
+            out.write(b"written by the study driver; every node must read this object\n")
+    except OSError as exc:
+        raise StudyError(f"--storage-path {opts.storage_path}: the driver cannot write there ({exc}); expected "
+                         f"credentials that may write to the bucket: {S3_ENVIRONMENT}") from None
+    try:
+        seen = _on_every_node(_probe_object_exists, uri)
+    finally:
+        try:
+            fs.delete_file(path)
+        except OSError:
+            pass  # a probe left behind is harmless; the study's own check already passed or failed
+    blind = {node[:12]: _reason(ok) for node, ok in seen.items() if ok is not True}
+    if blind:
+        first = next(iter(blind.items()))
+        raise StudyError(
+            f"--storage-path {opts.storage_path} is not reachable from {len(blind)} of {len(seen)} nodes of this "
+            f"{node_count}-node cluster (node ids {', '.join(blind)}; node {first[0]}: {first[1]}). Trials write "
+            f"their checkpoints there from the node they run on, so every node needs the store's credentials and "
+            f"endpoint in the environment `ray start` runs with: {S3_ENVIRONMENT}."
+        )
+
+
 def _prepare_node_data(dataset: str, data_root: str) -> str:
     """Validate the data and build (once, under the cache's file lock) the memory-mapped cache on this node."""
     import socket
@@ -81,30 +153,15 @@ def _prepare_node_data(dataset: str, data_root: str) -> str:
 
 def check_cluster_storage_and_data(opts: StudyOptions, progress: Progress = print) -> None:
     """On a multi-node cluster, refuse node-local storage and make sure every node has the data."""
-    import uuid
-
     import ray
 
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     if len(nodes) < 2:
         return
-    if not is_uri(opts.storage_path):
-        probe = Path(opts.storage_path) / f".msdn-storage-probe-{uuid.uuid4().hex}"
-        probe.parent.mkdir(parents=True, exist_ok=True)
-        probe.write_text("written by the study driver; every node must see this file\n")
-        try:
-            seen = _on_every_node(_probe_exists, str(probe))
-        finally:
-            probe.unlink(missing_ok=True)
-        blind = [node[:12] for node, ok in seen.items() if ok is not True]
-        if blind:
-            raise StudyError(
-                f"--storage-path {opts.storage_path} is local to the driver's node: {len(blind)} of {len(seen)} "
-                f"nodes of this {len(nodes)}-node cluster cannot see it (node ids {', '.join(blind)}). Tune keeps "
-                f"results and checkpoints there, so every node must reach it: expected a shared filesystem "
-                f"path mounted at the same place on every node (NFS, EFS, a Kubernetes volume), or an "
-                f"s3:// / gs:// URI."
-            )
+    if is_uri(opts.storage_path):
+        _check_object_storage_shared(opts, len(nodes))
+    else:
+        _check_local_storage_shared(opts, len(nodes))
     results = _on_every_node(_prepare_node_data, opts.dataset, opts.data_root)
     failed = {node[:12]: str(r) for node, r in results.items() if isinstance(r, Exception)}
     if failed:

@@ -41,6 +41,8 @@ class StudyOptions:
     seed: int = 0
     data_root: str = "data"
     refit: bool = True
+    refit_seeds: int = 3  # seeds of the refit on trainval (tested once each); 1: a single refit, no interval
+    baseline: bool = True  # refit the authors' configuration too, with the same seeds (a paired comparison)
     device: str = "auto"
     max_failures: int = 1  # retries of a trial whose worker died (node lost, OOM)
     tracking_timeout: float = 300.0  # seconds the study waits at its end for an unreachable MLflow store
@@ -64,7 +66,7 @@ def resolve_options(opts: StudyOptions) -> tuple[StudyOptions, SearchSpace]:
         raise StudyError(f"--protocol {opts.protocol!r}: expected one of {', '.join(PROTOCOLS)}")
     space = load_search_space(opts.search_space, opts.dataset)
     for name, value, low in (("--num-samples", opts.num_samples, 1), ("--max-epochs", opts.max_epochs, 1),
-                             ("--max-concurrent", opts.max_concurrent, 1)):
+                             ("--max-concurrent", opts.max_concurrent, 1), ("--refit-seeds", opts.refit_seeds, 1)):
         if value is not None and value < low:
             raise StudyError(f"{name} {value}: expected an integer >= {low}")
     if opts.cpus_per_trial <= 0:
@@ -87,7 +89,9 @@ def resolve_options(opts: StudyOptions) -> tuple[StudyOptions, SearchSpace]:
     if resolved.max_epochs < space.asha.grace_period:
         raise StudyError(f"--max-epochs {resolved.max_epochs} is below the ASHA grace period "
                          f"{space.asha.grace_period} of {space.path}; expected --max-epochs >= grace_period")
-    if not is_uri(storage):
+    if is_uri(storage):
+        check_object_storage(storage)
+    else:
         check_local_storage(storage)
     check_storage(resolved)
     return resolved, space
@@ -103,6 +107,35 @@ def check_local_storage(storage: str) -> None:
     if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
         raise StudyError(f"--storage-path {storage}: {existing} is not writable; expected a folder this user can "
                          f"write to")
+
+
+# What pyarrow (Tune's storage) and boto3 (an MLflow server's artifacts) read for S3, named in errors.
+S3_ENVIRONMENT = ("AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (or an instance role), AWS_DEFAULT_REGION, and "
+                  "AWS_ENDPOINT_URL for an S3-compatible store (MinIO, Ceph, R2)")
+
+
+def check_object_storage(uri: str) -> None:
+    """An s3:// / gs:// --storage-path must name a bucket this machine reaches, checked before Ray starts.
+
+    Tune opens storage URIs with pyarrow's filesystems, so the same one is asked here: a bad URI, an
+    endpoint that does not answer, missing credentials or a missing bucket fail in seconds, by name.
+    """
+    import pyarrow.fs as pafs
+
+    try:
+        fs, path = pafs.FileSystem.from_uri(uri)
+    except (ValueError, OSError, NotImplementedError) as exc:
+        raise StudyError(f"--storage-path {uri}: not a storage location Tune can open ({exc}); expected a "
+                         f"folder, or s3://BUCKET/PREFIX or gs://BUCKET/PREFIX") from None
+    bucket = path.split("/", 1)[0]
+    try:
+        info = fs.get_file_info(bucket)
+    except OSError as exc:
+        raise StudyError(f"--storage-path {uri}: cannot reach bucket {bucket!r} from this machine ({exc}). Expected "
+                         f"the store's credentials and endpoint in the environment: {S3_ENVIRONMENT}") from None
+    if info.type == pafs.FileType.NotFound:
+        raise StudyError(f"--storage-path {uri}: bucket {bucket!r} does not exist (or these credentials cannot see "
+                         f"it); expected an existing bucket; the study creates only the prefix")
 
 
 def experiment_path(opts: StudyOptions) -> str:

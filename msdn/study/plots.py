@@ -1,4 +1,5 @@
-"""PNG plots for a study's parent run: the calibration curve and the optimisation history.
+"""PNG plots for a study's parent run: the calibration curve, the optimisation history, the settings
+grid's heat map (alpha x gamma -> H) of the best trial's best epoch, and the parameter importances.
 
 `study_plots` and `refit_plot` choose what to draw from a study's results; the `plot_*` functions draw.
 """
@@ -14,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from msdn.study.results import STOPPED_EARLY, RefitResult, TrialSummary  # noqa: E402
-from msdn.study.trainable import CURVE_KEYS  # noqa: E402
+from msdn.study.trainable import CURVE_KEYS, GRID_MAP_KEYS  # noqa: E402
 
 
 def _finish(fig, ax, path: Path, *, xlabel: str, ylabel: str, title: str) -> Path:
@@ -39,7 +40,8 @@ def plot_calibration_curve(gammas: Sequence[float], seen: Sequence[float], unsee
     best = int(np.argmax(harmonic))
     ax.axvline(g[best], color="grey", linestyle=":", label=f"best H at gamma={g[best]:.2f}")
     if chosen_gamma is not None:
-        ax.axvline(chosen_gamma, color="black", linestyle="-.", linewidth=0.8, label=f"trial gamma={chosen_gamma:.2f}")
+        ax.axvline(chosen_gamma, color="black", linestyle="-.", linewidth=0.8,
+                   label=f"configured gamma={chosen_gamma:.2f}")
     return _finish(fig, ax, path, xlabel="gamma (offset of unseen-class scores)", ylabel="accuracy (%)", title=title)
 
 
@@ -58,17 +60,54 @@ def plot_optimisation_history(values: Sequence[float], path: Path, *, metric: st
     return _finish(fig, ax, path, xlabel="trial", ylabel=metric, title=title)
 
 
+def plot_settings_grid(alphas: Sequence[float], gammas: Sequence[float], harmonic: Sequence[Sequence[float]],
+                       path: Path, *, title: str, chosen: tuple[float, float] | None = None) -> Path:
+    """Heat map of H (in %) over alpha (rows) x gamma (columns); the chosen setting marked."""
+    a, g, h = np.asarray(alphas, float), np.asarray(gammas, float), 100 * np.asarray(harmonic, float)
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    half_a = (a[1] - a[0]) / 2 if a.size > 1 else 0.025
+    half_g = (g[1] - g[0]) / 2 if g.size > 1 else 0.05
+    image = ax.imshow(h, origin="lower", aspect="auto", cmap="viridis",
+                      extent=(g[0] - half_g, g[-1] + half_g, a[0] - half_a, a[-1] + half_a))
+    fig.colorbar(image, ax=ax, label="H (%)")
+    if chosen is not None:
+        ax.scatter([chosen[1]], [chosen[0]], marker="x", color="red", s=60,
+                   label=f"chosen: alpha={chosen[0]:.2f}, gamma={chosen[1]:.2f}, H={h.max():.2f}")
+    return _finish(fig, ax, path, xlabel="gamma (offset of unseen-class scores)",
+                   ylabel="alpha (weight of the a2v sub-net)", title=title)
+
+
+def plot_importances(importances: dict[str, float], path: Path, *, title: str) -> Path:
+    """Horizontal bars: each searched parameter's importance (they sum to 1), the largest on top."""
+    names = list(importances)[::-1]
+    fig, ax = plt.subplots(figsize=(6, 0.4 * len(names) + 1.5), dpi=120)
+    ax.barh(names, [importances[n] for n in names], label="fANOVA importance (COMPLETE trials)")
+    return _finish(fig, ax, path, xlabel="importance (share of the variance of the study metric)", ylabel="",
+                   title=title)
+
+
+def importance_plot(folder: Path, importances: dict[str, float], experiment: str) -> Path:
+    return plot_importances(importances, folder / "param_importances.png", title=f"{experiment}: parameter importances")
+
+
 def study_plots(folder: Path, trials: Sequence[TrialSummary], best: TrialSummary, *, metric: str, mode: str,
                 dataset: str, experiment: str, protocol: str) -> list[Path]:
-    """The best trial's calibration curve at its best epoch, and the optimisation history of all trials."""
+    """The best trial's calibration curve and settings grid at its best epoch, and the optimisation history."""
     b = best.best
     paths = []
+    split = "validation" if protocol == "val" else "test"
     if all(isinstance(b.get(k), (list, tuple)) for k in CURVE_KEYS):
-        split = "validation" if protocol == "val" else "test"
         paths.append(plot_calibration_curve(
             *(b[k] for k in CURVE_KEYS), folder / "calibration_curve_best_trial.png",
-            title=f"{dataset}: best trial, epoch {best.best_epoch} ({split} split)",
-            chosen_gamma=float(best.params.get("gamma", b.get("gamma", 2.0))),
+            title=f"{dataset}: best trial, epoch {best.best_epoch} ({split} split, configured alpha)",
+            chosen_gamma=float(b.get("gamma", 2.0)),
+        ))
+    grid = [b.get(k) for k in GRID_MAP_KEYS]
+    if all(isinstance(v, (list, tuple)) for v in grid) and len(grid[0]) * len(grid[1]) > 1:
+        paths.append(plot_settings_grid(
+            *grid, folder / "settings_grid_best_trial.png",
+            title=f"{dataset}: best trial, epoch {best.best_epoch}: {split} H over alpha x gamma",
+            chosen=(float(b["grid_alpha"]), float(b["grid_gamma"])) if "grid_alpha" in b else None,
         ))
     ordered = [t for t in trials if t.best is not None]
     if ordered:

@@ -1,7 +1,8 @@
 """What a study prints and the summary file it leaves: the header, the top-trials table, the end.
 
 Plain text for a person reading the terminal; `summary_dict` is the same content as JSON for the
-parent run's `study_summary.json`.
+parent run's `study_summary.json`. The end holds the refits' table (`refit_lines`): test figures
+of the tuned and the authors' configuration over seeds, and their paired difference of H.
 """
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import json
 from typing import Any, Sequence
 
 from msdn.study.options import StudyOptions
-from msdn.study.results import StudyResult, TrialSummary
+from msdn.study.refit import repeat_command
+from msdn.study.results import BASELINE, REFIT_KEYS, TUNED, Refits, StudyResult, TrialSummary
+from msdn.study.stats import Interval
 from msdn.study.search_space import SearchSpace
 
 # Columns of the top-trials table after the parameters: (result key, header, shown as a percentage).
@@ -25,6 +28,8 @@ def study_header(opts: StudyOptions, space: SearchSpace) -> list[str]:
         f"study {opts.experiment!r} on {opts.dataset}{label}",
         f"search space {space.path}: {', '.join(space.param_names)}; metric {space.metric} ({space.mode}); "
         f"ASHA max_t={opts.max_epochs} grace={space.asha.grace_period} rf={space.asha.reduction_factor}",
+        f"settings grid, chosen after every epoch on the {'test' if opts.protocol == 'paper' else 'validation'} "
+        f"split: {space.describe_grid()}",
     ]
 
 
@@ -71,6 +76,8 @@ def summary_dict(result: StudyResult) -> dict[str, Any]:
         "experiment_path": result.experiment_path, "parent_run_id": result.parent_run_id,
         "best": _trial_dict(result.best),
         "refit": result.refit.to_dict() if result.refit else {},
+        "refits": result.refits.to_dict() if result.refits else {},
+        "best_config": result.best_config_path,
         "trials": [_trial_dict(t) for t in result.trials],
     }
 
@@ -87,17 +94,93 @@ def end_lines(result: StudyResult, opts: StudyOptions, space: SearchSpace) -> li
         f"best trial {best.trial_id} at epoch {best.best_epoch}: {space.metric}={b[space.metric]:.4f} "
         f"(S={b['S']:.4f} U={b['U']:.4f} H={b['H']:.4f}); params {json.dumps(best.params, default=str)}",
     ]
-    if result.refit:
-        r = result.refit.metrics
-        lines.append(f"TEST (refit on trainval, {result.refit.epochs} epochs, gamma={r['gamma']:.2f}): "
-                     f"S={r['S']:.4f} U={r['U']:.4f} H={r['H']:.4f} ZSL={r['zsl_acc']:.4f}")
+    lines.extend(grid_lines(b, opts.protocol))
+    if result.refits:
+        lines.extend(refit_lines(result.refits))
     elif opts.protocol == "paper":
         lines.append("paper protocol: the figures above are test-split figures selected on the test split (as published)")
     lines.append(f"results: {result.experiment_path}")
+    if result.best_config_path:
+        lines.append(f"best configuration: {result.best_config_path}   "
+                     f"({repeat_command(result.best_config_path, opts.dataset, result.refit)})")
+    if result.refit and result.refit.checkpoint:
+        lines.append(f"refit checkpoints: {result.refit.checkpoint.rsplit('/', 2)[0]}/<config>-seed<N>/checkpoint.pt   "
+                     f"(python -m msdn.evaluate --checkpoint FILE --dataset {opts.dataset})")
+    from msdn.study.searcher import dashboard_command, journal_path  # Optuna and Ray: imported when a study ends
+
+    journal = journal_path(result.experiment_path)
+    if journal is not None:
+        lines.append(f"Optuna:  {dashboard_command(journal)}   (study {opts.experiment!r}; "
+                     f"pip install optuna-dashboard)")
     if result.tracking_uri.startswith(("http://", "https://")):
         lines.append(f"MLflow:  open {result.tracking_uri} (experiment {opts.experiment!r})")
     else:
         lines.append(f"MLflow:  mlflow ui --backend-store-uri {result.tracking_uri}   (experiment {opts.experiment!r})")
+    return lines
+
+
+def grid_lines(best: dict[str, Any], protocol: str) -> list[str]:
+    """The best epoch's settings grid: the (alpha, gamma) it chose and its figures there, with the split they
+    were chosen on; under the paper protocol that is the test split, as are the configured-gamma figures."""
+    if not isinstance(best.get("H_grid"), (int, float)) or best["H_grid"] != best["H_grid"]:
+        return []
+    chosen = (f"alpha={best['grid_alpha']:.2f} gamma={best['grid_gamma']:.2f}: S={best['S_grid']:.4f} "
+              f"U={best['U_grid']:.4f} H={best['H_grid']:.4f}")
+    if protocol == "paper":
+        return [f"paper protocol, configured gamma={best['gamma']:.2f}: S={best['S']:.4f} U={best['U']:.4f} "
+                f"H={best['H']:.4f} (selected on TEST: best epoch by test H)",
+                f"paper protocol, settings grid {chosen} (alpha, gamma and epoch selected on TEST)"]
+    return [f"settings grid at the best epoch, chosen on validation: {chosen}; the refit uses this alpha and gamma"]
+
+
+REFIT_HEADERS = {"S": "S", "U": "U", "H": "H", "zsl_acc": "ZSL"}
+CONFIG_LABELS = {TUNED: "tuned", BASELINE: "authors'"}
+
+
+def _single_line(label: str, refit) -> str:
+    r = refit.metrics
+    return (f"{label} (refit on trainval, {refit.epochs} epochs, gamma={r['gamma']:.2f}): "
+            f"S={r['S']:.4f} U={r['U']:.4f} H={r['H']:.4f} ZSL={r['zsl_acc']:.4f}")
+
+
+def _cell(interval: Interval) -> str:
+    """mean ± sd [low, high], in % of accuracy."""
+    return f"{100 * interval.mean:.2f} ± {100 * interval.sd:.2f} [{100 * interval.low:.2f}, {100 * interval.high:.2f}]"
+
+
+def _delta_line(delta: Interval) -> str:
+    if delta.n < 2:
+        return (f"delta H (tuned - authors', same seed): {100 * delta.mean:+.2f} points (one seed: no interval; "
+                f"--refit-seeds 3 or more gives one)")
+    verdict = ("the tuned configuration is better" if delta.low > 0 else "the authors' configuration is better"
+               if delta.high < 0 else "no clear difference at this number of seeds")
+    return (f"delta H (tuned - authors', paired by seed): {100 * delta.mean:+.2f} points, 95% interval "
+            f"[{100 * delta.low:+.2f}, {100 * delta.high:+.2f}] (t interval of the {delta.n} per-seed differences): "
+            f"{verdict}")
+
+
+def refit_lines(refits: Refits) -> list[str]:
+    """The refits' test figures: one line per configuration with one seed; with more, a table of
+    mean ± sd [95% t interval] over seeds; then the paired difference of H, tuned minus authors'."""
+    if len(refits.tuned) == 1:
+        lines = [_single_line("TEST", refits.tuned[0])]
+        if refits.baseline:
+            lines.append(_single_line("TEST, authors' configuration", refits.baseline[0]))
+    else:
+        seeds = ", ".join(str(s) for s in refits.seeds)
+        lines = [f"TEST (refit on trainval, each tested once; seeds {seeds}; accuracies in %, mean ± sd [95% t "
+                 f"interval over seeds]):"]
+        rows = [["", "epochs", *REFIT_HEADERS.values()]]
+        for config, results in ((TUNED, refits.tuned), (BASELINE, refits.baseline)):
+            if results:
+                stats = refits.stats(config)
+                rows.append([CONFIG_LABELS[config], str(results[0].epochs), *(_cell(stats[k]) for k in REFIT_KEYS)])
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        lines += ["  " + "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in
+                                   enumerate(zip(row, widths))) for row in rows]
+    delta = refits.delta("H")
+    if delta is not None:
+        lines.append(_delta_line(delta))
     return lines
 
 

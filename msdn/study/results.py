@@ -1,14 +1,17 @@
-"""What a study produced, as small dataclasses: one TrialSummary per trial, the refit, the study.
+"""What a study produced, as small dataclasses: one TrialSummary per trial, the refits, the study.
 
-Built on the driver from Tune's ResultGrid (`trial_summaries`, `best_trial`); the refit's
-`RefitResult` comes back from a Ray worker. The rule that names a finished trial's state
-(`trial_state`) lives here only: the report and the MLflow callback both use it.
+Built on the driver from Tune's ResultGrid (`trial_summaries`, `best_trial`); each refit's
+`RefitResult` comes back from a Ray worker, and `Refits` holds them all with their statistics
+(`msdn.study.stats`). The rule that names a finished trial's state (`trial_state`) lives here only:
+the report and the MLflow callback both use it.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable
+
+from msdn.study.stats import Interval, paired_difference, t_interval
 
 # One epoch's result as the trial reported it: metrics, calibration curve lists, Tune bookkeeping.
 EpochResult = dict[str, Any]
@@ -33,7 +36,11 @@ def trial_state(epochs: int, max_epochs: int, errored: bool) -> str:
 
 @dataclass(frozen=True)
 class TrialSummary:
-    """One trial: its parameters, final state and its best epoch by the study metric."""
+    """One trial: its parameters, final state and its best epoch by the study metric.
+
+    `params` is the configuration the trial stands for: its sampled values, and the evaluation-time settings
+    (alpha, gamma) its settings grid chose at its best epoch (`chosen_settings`), which the refit uses.
+    """
 
     trial_id: str
     state: str
@@ -53,19 +60,88 @@ class TrialSummary:
         return float(value)
 
 
+# The two configurations a study refits: the one it chose, and the authors' recipe for the dataset.
+TUNED = "tuned"
+BASELINE = "baseline"
+# Test figures summarised over seeds (mean, sd, interval): GZSLResult.summary() keys.
+REFIT_KEYS = ("S", "U", "H", "zsl_acc")
+
+
 @dataclass(frozen=True)
 class RefitResult:
-    """The best configuration retrained on trainval and evaluated once on the test split."""
+    """One configuration retrained on trainval with one seed and evaluated once on the test split."""
 
     metrics: dict[str, float]  # msdn.metrics.GZSLResult.summary() on the test split
     epochs: int
     seed: int
     train_time: float  # seconds
     curve: dict[str, list[float]]  # the test calibration curve under trainable.CURVE_KEYS
+    config: str = TUNED  # TUNED or BASELINE
+    train_config: dict[str, Any] = field(default_factory=dict)  # the TrainConfig it trained with (TrainConfig.to_dict)
+    checkpoint: str | None = None  # where its trained model is stored (a path or URI), for msdn.evaluate
+    device: str = "cpu"  # where it trained, and with how many torch threads: float sums, hence the figures,
+    threads: int = 1  # depend on both (python -m msdn.train repeats it bit for bit on the same ones)
+
+    @property
+    def name(self) -> str:
+        """Its name in the study's storage and in MLflow: <config>-seed<seed>."""
+        return refit_name(self.config, self.seed)
 
     def to_dict(self) -> dict[str, Any]:
-        """The flat record of the summary file (the curve left out)."""
-        return {**self.metrics, "epochs": self.epochs, "seed": self.seed, "train_time": self.train_time}
+        """The flat record of the summary file (the curve and the configuration left out)."""
+        return {**self.metrics, "epochs": self.epochs, "seed": self.seed, "train_time": self.train_time,
+                "config": self.config, "checkpoint": self.checkpoint}
+
+    def to_json(self) -> dict[str, Any]:
+        """Everything, for the result file a refit leaves in the study's storage (`from_json` reads it back)."""
+        return {"metrics": self.metrics, "epochs": self.epochs, "seed": self.seed, "train_time": self.train_time,
+                "curve": self.curve, "config": self.config, "train_config": self.train_config,
+                "checkpoint": self.checkpoint, "device": self.device, "threads": self.threads}
+
+    @classmethod
+    def from_json(cls, record: dict[str, Any]) -> "RefitResult":
+        return cls(**record)
+
+
+def refit_name(config: str, seed: int) -> str:
+    return f"{config}-seed{seed}"
+
+
+@dataclass(frozen=True)
+class Refits:
+    """Every refit of a study, tuned and baseline (the authors' configuration), paired by seed."""
+
+    tuned: list[RefitResult]
+    baseline: list[RefitResult] = field(default_factory=list)
+
+    @property
+    def seeds(self) -> list[int]:
+        return [r.seed for r in self.tuned]
+
+    def stats(self, config: str = TUNED) -> dict[str, Interval]:
+        """Mean, sd and 95% t interval of each test figure (REFIT_KEYS) over the seeds of `config`."""
+        results = self.tuned if config == TUNED else self.baseline
+        return {key: t_interval([r.metrics[key] for r in results]) for key in REFIT_KEYS}
+
+    def delta(self, key: str = "H") -> Interval | None:
+        """Tuned minus baseline `key`, seed by seed, with the t interval of the differences; None without a baseline."""
+        if not self.baseline:
+            return None
+        by_seed = {r.seed: r.metrics[key] for r in self.baseline}
+        pairs = [(r.metrics[key], by_seed[r.seed]) for r in self.tuned if r.seed in by_seed]
+        return paired_difference([a for a, _ in pairs], [b for _, b in pairs])
+
+    def to_dict(self) -> dict[str, Any]:
+        """The summary file's record: every refit, the statistics of each configuration, the paired delta of H."""
+        record: dict[str, Any] = {
+            "seeds": self.seeds, "tuned": [r.to_dict() for r in self.tuned],
+            "tuned_stats": {k: v.as_dict() for k, v in self.stats(TUNED).items()},
+        }
+        if self.baseline:
+            record["baseline"] = [r.to_dict() for r in self.baseline]
+            record["baseline_stats"] = {k: v.as_dict() for k, v in self.stats(BASELINE).items()}
+            record["delta_H"] = self.delta("H").as_dict()
+        return record
 
 
 @dataclass
@@ -78,11 +154,27 @@ class StudyResult:
     parent_run_id: str
     trials: list[TrialSummary] = field(default_factory=list)
     best: TrialSummary | None = None
-    refit: RefitResult | None = None
+    refits: Refits | None = None
+    best_config_path: str | None = None  # the exported best_config.yaml (a path or URI)
     interrupted: bool = False
     errors: list[str] = field(default_factory=list)
     unlogged: list[str] = field(default_factory=list)  # MLflow operations the store never accepted
     dropped: list[str] = field(default_factory=list)  # MLflow operations the store refused for good
+
+    @property
+    def refit(self) -> RefitResult | None:
+        """The tuned refit with the first seed: the model best_config.yaml reproduces."""
+        return self.refits.tuned[0] if self.refits and self.refits.tuned else None
+
+
+# TrainConfig field -> the result key of the value the settings grid chose for it (msdn.metrics.GRID_KEYS).
+CHOSEN_SETTINGS = {"alpha": "grid_alpha", "gamma": "grid_gamma"}
+
+
+def chosen_settings(best: EpochResult) -> dict[str, float]:
+    """The (alpha, gamma) the settings grid chose at an epoch, as TrainConfig fields; {} without a grid."""
+    chosen = {field: best.get(key) for field, key in CHOSEN_SETTINGS.items()}
+    return {k: float(v) for k, v in chosen.items() if isinstance(v, (int, float)) and math.isfinite(v)}
 
 
 def trial_summaries(results: Iterable, metric: str, mode: str, max_epochs: int) -> list[TrialSummary]:
@@ -99,6 +191,7 @@ def trial_summaries(results: Iterable, metric: str, mode: str, max_epochs: int) 
         index = df[metric].idxmax() if mode == "max" else df[metric].idxmin()
         best = df.loc[index].to_dict()
         epochs = int(df["training_iteration"].max())
+        params.update(chosen_settings(best))
         summaries.append(TrialSummary(trial_id, trial_state(epochs, max_epochs, error is not None), epochs, params,
                                       best=best, best_epoch=int(best["training_iteration"]), error=error))
     return summaries

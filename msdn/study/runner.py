@@ -3,8 +3,9 @@
 `run_study(StudyOptions(...))` is the whole product's main path; `tune/run.py` only parses flags.
 Order of work: validate every input (`options`) -> prepare the feature cache -> start or join Ray
 and check every node (`cluster`) -> MLflow parent run (`tracking.parent`) -> `Tuner.fit` (or
-`Tuner.restore`) -> top-trials table (`report`) -> refit on trainval and test once (`refit`,
-validation protocol) -> plots and summary on the parent run.
+`Tuner.restore`) -> top-trials table (`report`) -> best_config.yaml -> refits on trainval, N seeds of
+the tuned and the authors' configuration, each tested once (`refit`, validation protocol) -> the
+refits' table, plots and summary on the parent run.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from msdn.config import default_config
 from msdn.progress import Progress
@@ -20,19 +21,20 @@ from msdn.study import tracking
 from msdn.study.cluster import check_cluster_storage_and_data, connect_ray, default_concurrency, trial_resources
 from msdn.study.interrupt import StopRequests, forward_stop_callback
 from msdn.study.options import StudyFailed, StudyOptions, experiment_path, is_uri, resolve_options
-from msdn.study.plots import refit_plot, study_plots
-from msdn.study.refit import refit_best
+from msdn.study.plots import importance_plot, refit_plot, study_plots
+from msdn.study.refit import RefitStore, refit_plan, run_refits, tuned_config, write_best_config
 from msdn.study.report import end_lines, format_table, study_header, summary_dict, unlogged_lines
 from msdn.study.results import StudyResult, best_trial, trial_summaries
 from msdn.study.search_space import SearchSpace
-from msdn.study.searcher import StudySearcher
+from msdn.study.searcher import (MIN_TRIALS_FOR_IMPORTANCE, StudySearcher, check_journal, journal_path,
+                                  load_optuna_study, param_importances)
 from msdn.study.tracking import parent
 from msdn.study.tracking.writer import TrackingWriter
 from msdn.study.trainable import DataSpec, train_msdn
 
 # Columns of Tune's progress table while trials run: result key -> header.
 PROGRESS_COLUMNS = {"training_iteration": "epochs", "S": "S", "U": "U", "H": "H", "H_best_gamma": "H@best-gamma",
-                    "loss": "loss"}
+                    "H_grid": "H@grid", "loss": "loss"}
 
 
 def build_tuner(opts: StudyOptions, space: SearchSpace, resources: dict[str, float], callbacks: list,
@@ -43,10 +45,9 @@ def build_tuner(opts: StudyOptions, space: SearchSpace, resources: dict[str, flo
     # Checkpoints every epoch force frequent experiment snapshots by design (resume needs them).
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
-
-    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     from msdn.study.timing import ResultTimer
 
@@ -57,15 +58,22 @@ def build_tuner(opts: StudyOptions, space: SearchSpace, resources: dict[str, flo
     callbacks = [ResultTimer(), *callbacks, CSVLoggerCallback(), JsonLoggerCallback()]
     trainable = tune.with_resources(
         tune.with_parameters(train_msdn, data=DataSpec(opts.dataset, opts.data_root), base=base, study_seed=opts.seed,
-                             checkpoint_every=opts.checkpoint_every),
+                             checkpoint_every=opts.checkpoint_every, eval_grid=space.eval_grid(), metric=space.metric,
+                             mode=space.mode),
         resources,
     )
     if opts.resume:
+        journal = journal_path(experiment_path(opts))
+        if journal is not None:
+            check_journal(journal, resume=True)  # before Tune sets the restored searcher up (it would make one)
         tuner = tune.Tuner.restore(experiment_path(opts), trainable, resume_unfinished=True, resume_errored=True)
         if tuner._local_tuner is not None:  # Tune restores the pickled callbacks; this run's are live ones
             tuner._local_tuner.get_run_config().callbacks = callbacks
         return tuner
-    searcher = StudySearcher(starting_points=space.initial_points(opts.dataset), seed=space.sampler_seed)
+    # The Optuna study in a journal next to Tune's results, named after the experiment (optuna-dashboard opens it).
+    searcher = StudySearcher(starting_points=space.initial_points(opts.dataset), seed=space.sampler_seed,
+                             max_epochs=opts.max_epochs, journal=journal_path(experiment_path(opts)),
+                             study_name=opts.experiment)
     concurrency = opts.max_concurrent or default_concurrency(resources)
     scheduler = ASHAScheduler(time_attr="training_iteration", max_t=opts.max_epochs,
                               grace_period=space.asha.grace_period, reduction_factor=space.asha.reduction_factor)
@@ -140,7 +148,7 @@ def _run(opts: StudyOptions, stop: StopRequests, progress: Progress) -> StudyRes
         result.interrupted = True
         callback.close_open_runs("KILLED")
         parent.end_parent_run(writer, parent_run_id, "KILLED", study_state="interrupted")
-        show(f"study interrupted ({stop.signal_name or 'KeyboardInterrupt'}): no refit, no test evaluation; its MLflow "
+        show(f"study interrupted ({stop.signal_name or 'KeyboardInterrupt'}): no test result reported; its MLflow "
              f"runs are closed as KILLED. Continue it with the same command plus --resume")
     except BaseException as exc:
         # Never leave runs RUNNING; a study that failed before any trial ran leaves nothing that blocks a retry.
@@ -161,7 +169,8 @@ def _run(opts: StudyOptions, stop: StopRequests, progress: Progress) -> StudyRes
 
 def _finish(opts: StudyOptions, space: SearchSpace, base: dict[str, Any], resources: dict[str, float],
             result: StudyResult, writer: TrackingWriter, files: Path, progress: Progress) -> None:
-    """After the trials: the table, the best trial, the refit (validation protocol), plots and summary."""
+    """After the trials: the table, the best trial, best_config.yaml, the refits (validation protocol), plots and
+    summary."""
     show = progress or (lambda _message: None)
     best = best_trial(result.trials, space.metric, space.mode)
     show("\ntop trials (best epoch of each, accuracies in %):\n" + format_table(result.trials, space))
@@ -172,14 +181,44 @@ def _finish(opts: StudyOptions, space: SearchSpace, base: dict[str, Any], resour
     parent.log_best(writer, result.parent_run_id, best)
     plots = study_plots(files, result.trials, best, metric=space.metric, mode=space.mode, dataset=opts.dataset,
                         experiment=opts.experiment, protocol=opts.protocol)
-    if opts.refit and opts.protocol == "val":
-        result.refit = refit_best(opts, base, best, resources, progress)
-        parent.log_refit(writer, result.parent_run_id, result.refit)
+    plots.extend(_importances(opts, space, result, writer, files, show))
+    specs = refit_plan(opts, base, space.fixed, best) if opts.refit and opts.protocol == "val" else []
+    checkpoints = {}
+    if specs:
+        store, tags = RefitStore.of(opts), parent.trial_tags(opts)
+        result.refits = run_refits(opts, specs, resources, store, progress=progress, on_result=lambda refit: (
+            parent.log_refit_run(writer, result.experiment_id, result.parent_run_id, refit, tags)))
+        parent.log_refits(writer, result.parent_run_id, result.refits)
+        checkpoints = {r.name: store.local_checkpoint(r, files) for r in result.refits.tuned + result.refits.baseline}
         plots.append(refit_plot(files, result.refit, opts.dataset))
+    exported = specs[0].train_config if specs else tuned_config(base, best, int(best.best.get("trial_seed", opts.seed)))
+    result.best_config_path, best_config = write_best_config(opts, exported, files, result.refit)
+    parent.log_refit_files(writer, result.parent_run_id, best_config, checkpoints)
     parent.log_files(writer, result.parent_run_id, plots, summary_dict(result), files)
     parent.end_parent_run(writer, result.parent_run_id, "FINISHED", study_state="completed")
     for line in end_lines(result, opts, space):
         show(line)
+
+
+def _importances(opts: StudyOptions, space: SearchSpace, result: StudyResult, writer: TrackingWriter, files: Path,
+                 show: Callable[[str], None]) -> list[Path]:
+    """The searched parameters' importances in the persisted Optuna study: `importance.<param>` metrics and a bar
+    plot for the parent run (none when too few trials completed); their plot is returned."""
+    journal = journal_path(result.experiment_path)
+    study = load_optuna_study(journal, opts.experiment) if journal is not None else None
+    try:
+        importances = param_importances(study, seed=space.sampler_seed) if study is not None else None
+    except Exception as exc:  # a diagnostic: its failure must not fail a finished study
+        show(f"parameter importances: not computed ({type(exc).__name__}: {exc})")
+        return []
+    if importances is None:
+        show(f"parameter importances: not computed (they need {MIN_TRIALS_FOR_IMPORTANCE} or more COMPLETE trials "
+             f"in the Optuna study{'' if journal is not None else ', kept on disk only under a local --storage-path'})")
+        return []
+    parent.log_importances(writer, result.parent_run_id, importances)
+    show("parameter importances (fANOVA, COMPLETE trials): "
+         + ", ".join(f"{name} {value:.2f}" for name, value in importances.items()))
+    return [importance_plot(files, importances, opts.experiment)]
 
 
 def remove_unstarted_experiment(opts: StudyOptions) -> bool:

@@ -2,18 +2,20 @@
 
 A search space file (``search_spaces/{cub,sun,awa2,synthetic}.yaml``, format in docs/search_spaces.md)
 says which metric to optimise, how ASHA stops trials, how the Optuna searcher starts, which
-TrainConfig fields are fixed and which are searched over which distribution. Every mistake a person
-can make in it is reported here, naming the file and the dotted key, before any trial starts:
+TrainConfig fields are fixed, which are searched over which distribution, and over which grid the
+evaluation-time settings alpha and gamma are chosen after every epoch (`eval_grid`). Every mistake a
+person can make in it is reported here, naming the file and the dotted key, before any trial starts:
 
     from msdn.study.search_space import load_search_space
     space = load_search_space("search_spaces/cub.yaml", dataset="cub")
     space.tune_param_space()      # {"lr": tune.loguniform(1e-5, 1e-3), ...}
     space.initial_points("cub")   # [{"lr": 1e-4, ...}]  the authors' configuration first
+    space.eval_grid()             # EvalGrid(alphas=(0.0, 0.05, ...), gammas=(-2.0, -1.9, ...))
 
 Only this module's ``tune_param_space`` imports Ray, so the parser stays cheap to import.
 
 It is one module on purpose, although longer than most: its one job is the format, and the format's
-sections (asha, searcher, fixed, params, points) share one set of checks and error helpers; read top
+sections (asha, searcher, fixed, params, points, eval_grid) share one set of checks and error helpers; read top
 to bottom, it is the format's reference. Split it when a second format or a second consumer appears.
 """
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any, Mapping
 import yaml
 
 from msdn.config import DATASETS, FIELD_NAMES, TrainConfig, coerce_value, default_config
-from msdn.metrics import SCORE_KEYS
+from msdn.metrics import SCORE_KEYS, EvalGrid
 
 # The losses msdn.train.Trainer reports after every epoch (its loss terms).
 LOSS_METRICS = ("loss", "loss_ce", "loss_cal", "loss_dis")
@@ -64,9 +66,18 @@ NOT_FIXABLE: dict[str, str] = {
 }
 
 REQUIRED_KEYS = ("metric", "mode", "asha", "params")
-OPTIONAL_KEYS = ("dataset", "searcher", "fixed")
+OPTIONAL_KEYS = ("dataset", "searcher", "fixed", "eval_grid")
 ASHA_KEYS = ("max_t", "grace_period", "reduction_factor")
 SEARCHER_KEYS = ("seed", "start_from_defaults", "points_to_evaluate")
+
+# The evaluation-time settings: they change no trained weight, so every value of a grid is scored from
+# one evaluation of each epoch (msdn.metrics.grid_evaluate) instead of costing a training run each.
+EVAL_SETTINGS = ("alpha", "gamma")
+GRID_AXIS_KEYS = ("low", "high", "step")
+# The grid when a file has no eval_grid section: alpha over [0, 1], gamma over the calibration sweep.
+DEFAULT_EVAL_GRID = {"alpha": {"low": 0.0, "high": 1.0, "step": 0.05}, "gamma": {"low": -2.0, "high": 6.0, "step": 0.1}}
+# Points per axis at most: each alpha costs a calibration curve per evaluation, each gamma a column of one.
+MAX_GRID_POINTS = 401
 
 
 class SearchSpaceError(ValueError):
@@ -137,6 +148,23 @@ class AshaSettings:
 
 
 @dataclass(frozen=True)
+class GridAxis:
+    """One evaluation-time setting swept over low, low + step, ..., high after every epoch."""
+
+    name: str
+    low: float
+    high: float
+    step: float
+
+    def values(self) -> tuple[float, ...]:
+        # Rounded, so that 0.05 * 14 is 0.7, the value a file or a recipe writes.
+        return tuple(round(self.low + k * self.step, 10) for k in range(round((self.high - self.low) / self.step) + 1))
+
+    def describe(self) -> str:
+        return f"{self.name} {self.low:g} to {self.high:g} step {self.step:g} ({len(self.values())} values)"
+
+
+@dataclass(frozen=True)
 class SearchSpace:
     """A validated search space file."""
 
@@ -150,6 +178,18 @@ class SearchSpace:
     points_to_evaluate: tuple[dict, ...]  # extra explicit starting points, values already converted
     fixed: dict[str, Any]  # TrainConfig fields fixed for every trial
     params: tuple[ParamSpec, ...]
+    grid: tuple[GridAxis, ...] = ()  # the settings chosen on the grid after every epoch (none: as configured)
+
+    def eval_grid(self) -> EvalGrid:
+        """The grid every trial sweeps; a setting without an axis (searched under params) keeps the trial's value."""
+        axes = {axis.name: axis.values() for axis in self.grid}
+        return EvalGrid(alphas=axes.get("alpha"), gammas=axes.get("gamma"))
+
+    def describe_grid(self) -> str:
+        """The grid in words, for the study's header."""
+        if not self.grid:
+            return "none (alpha and gamma as configured or searched)"
+        return ", ".join(axis.describe() for axis in self.grid)
 
     @property
     def param_names(self) -> tuple[str, ...]:
@@ -157,7 +197,10 @@ class SearchSpace:
 
     def initial_points(self, dataset: str) -> list[dict]:
         """The points the searcher evaluates first: the authors' values of the searched parameters
-        for `dataset` (with `fixed` applied) if `start_from_defaults`, then `points_to_evaluate`."""
+        for `dataset` (with `fixed` applied) if `start_from_defaults`, then `points_to_evaluate`.
+
+        With `start_from_defaults`, the authors' alpha and gamma must also be values of the grid, so the
+        published configuration is among what the study evaluates."""
         _check_dataset(self.path, self.dataset, dataset)
         points = []
         if self.start_from_defaults:
@@ -166,6 +209,8 @@ class SearchSpace:
             except ValueError as exc:
                 raise _error(self.path, f"fixed = {self.fixed!r} does not combine with the authors' "
                                         f"{dataset} configuration ({exc}); expected valid values") from None
+            for axis in self.grid:
+                _check_grid_covers(self.path, axis, getattr(config, axis.name), dataset)
             authors = {}
             for spec in self.params:
                 value = getattr(config, spec.name)
@@ -228,10 +273,11 @@ def load_search_space(path: str | Path, dataset: str | None = None) -> SearchSpa
     params = _parse_params(path, raw["params"], fixed)
     points = tuple(_parse_point(path, f"searcher.points_to_evaluate[{i}]", point, params)
                    for i, point in enumerate(raw_points))
+    grid = _parse_eval_grid(path, raw.get("eval_grid", _DEFAULT), {spec.name for spec in params})
 
     space = SearchSpace(path=path, dataset=file_dataset, metric=metric, mode=mode, asha=asha,
                         sampler_seed=seed, start_from_defaults=start_from_defaults,
-                        points_to_evaluate=points, fixed=fixed, params=params)
+                        points_to_evaluate=points, fixed=fixed, params=params, grid=grid)
     if dataset or file_dataset:
         space.initial_points(dataset or file_dataset)  # fails now if the authors' values are out of range
     return space
@@ -398,6 +444,69 @@ def _parse_choice(path: Path, key: str, name: str, raw: Mapping) -> ParamSpec:
         _check_trainer_accepts(path, f"{key}.values[{i}]", name, value)
         coerced.append(value)
     return ParamSpec(name=name, distribution="choice", values=tuple(coerced))
+
+
+_DEFAULT = object()  # eval_grid absent from the file (an explicit `eval_grid: {}` grids nothing)
+
+
+def _parse_eval_grid(path: Path, raw: Any, searched: set[str]) -> tuple[GridAxis, ...]:
+    """The optional `eval_grid` mapping: alpha and/or gamma, each {low, high, step}.
+
+    Absent: DEFAULT_EVAL_GRID for each setting not searched under params. A setting both searched and
+    gridded is an error: searched, it is fixed per trial (the old way); gridded, it is chosen per epoch.
+    """
+    if raw is _DEFAULT:
+        return tuple(_parse_axis(path, name, DEFAULT_EVAL_GRID[name]) for name in EVAL_SETTINGS if name not in searched)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise _error(path, f"eval_grid = {raw!r}; expected a mapping with the keys {', '.join(EVAL_SETTINGS)}, e.g. "
+                           f"alpha: {{low: 0.0, high: 1.0, step: 0.05}}")
+    _check_keys(path, "eval_grid.", raw, (), EVAL_SETTINGS)
+    for name in raw:
+        if name in searched:
+            raise _error(path, f"eval_grid.{name} is given but {name} is also searched under params.{name}; expected "
+                               f"one of the two: a grid chooses {name} after every epoch at no training cost, "
+                               f"params searches it per trial (the old way)")
+    return tuple(_parse_axis(path, name, raw[name], f"eval_grid.{name}") for name in EVAL_SETTINGS if name in raw)
+
+
+def _parse_axis(path: Path, name: str, raw: Any, key: str | None = None) -> GridAxis:
+    """One axis {low, high, step}: low <= high, step > 0, (high - low) / step whole, values the trainer accepts."""
+    key = key or f"eval_grid.{name} (default {DEFAULT_EVAL_GRID[name]})"
+    if not isinstance(raw, Mapping):
+        raise _error(path, f"{key} = {raw!r}; expected a mapping such as {{low: 0.0, high: 1.0, step: 0.05}}")
+    _check_keys(path, f"{key}.", raw, GRID_AXIS_KEYS, ())
+    numbers = {}
+    for side in GRID_AXIS_KEYS:
+        value = _as_number(raw[side])
+        if value is None:
+            raise _error(path, f"{key}.{side} = {raw[side]!r} is not a number; expected a finite number")
+        numbers[side] = float(value)
+    low, high, step = numbers["low"], numbers["high"], numbers["step"]
+    if low > high:
+        raise _error(path, f"{key}.low = {low:g} is greater than {key}.high = {high:g}; expected low <= high")
+    if not step > 0:
+        raise _error(path, f"{key}.step = {step:g}; expected a step > 0")
+    intervals = (high - low) / step
+    if abs(intervals - round(intervals)) > 1e-6:
+        raise _error(path, f"{key}: (high - low) / step = ({high:g} - {low:g}) / {step:g} = {intervals:.4g} is not a "
+                           f"whole number; expected a step that divides the range, so that high is a grid value")
+    if round(intervals) + 1 > MAX_GRID_POINTS:
+        raise _error(path, f"{key} has {round(intervals) + 1} values; expected at most {MAX_GRID_POINTS} (every value "
+                           f"is scored after every epoch): use a larger step or a narrower range")
+    for side in ("low", "high"):
+        _check_trainer_accepts(path, f"{key}.{side}", name, numbers[side])
+    return GridAxis(name=name, low=low, high=high, step=step)
+
+
+def _check_grid_covers(path: Path, axis: GridAxis, value: float, dataset: str) -> None:
+    """The authors' (configured) value of a gridded setting must be a grid value (start_from_defaults)."""
+    if not any(abs(v - value) <= 1e-9 for v in axis.values()):
+        raise _error(path, f"searcher.start_from_defaults is true but the authors' {dataset} value {axis.name} = "
+                           f"{value!r} is not a value of the grid {axis.describe()} (eval_grid.{axis.name}); expected "
+                           f"a grid that contains it: change low or step so that {value!r} is on the grid, or set "
+                           f"searcher.start_from_defaults: false")
 
 
 def _parse_point(path: Path, key: str, raw: Any, params: tuple[ParamSpec, ...]) -> dict[str, Any]:

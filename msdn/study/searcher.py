@@ -1,27 +1,174 @@
-"""The study's searcher: Ray Tune's OptunaSearch, given its starting points the way Optuna takes them.
+"""The study's Optuna side: the searcher, the journal its study is kept in, and reading that study back.
 
-Ray's `OptunaSearch(points_to_evaluate=...)` insists that every starting point names every searched
-parameter ("Dim of point ... do not match"), while the search-space format lets a point name only
-some (docs/search_spaces.md: "missing parameters are sampled"). Optuna itself accepts partial points:
-`Study.enqueue_trial` fixes the given parameters and samples the rest. So the points are enqueued
-here, once, when the Optuna study is created.
+`StudySearcher` is Ray Tune's OptunaSearch with three changes:
+
+- Starting points may be partial. Ray's `OptunaSearch(points_to_evaluate=...)` insists that every
+  point names every searched parameter, while the search-space format lets a point name only some
+  (docs/search_spaces.md: "missing parameters are sampled"); Optuna's `Study.enqueue_trial` fixes the
+  given parameters and samples the rest, so the points are enqueued once, when the study is created.
+- Optuna is told what ASHA did. Every epoch's value of the study metric is an intermediate value of the
+  Optuna trial (`trial.report(value, epoch)`, including the epoch at which the trial stopped, which Tune
+  hands over only at completion); a trial stopped before `max_epochs` is finished as PRUNED, one that ran
+  them all as COMPLETE with its best epoch's value. Ray's OptunaSearch tells every stopped trial COMPLETE
+  with its last value, so TPE would read a 2-epoch H as a trial's final quality.
+- The study is kept in a journal file next to Tune's results (`JournalStorage(JournalFileBackend)`: it
+  survives a kill, works on shared filesystems), named after the experiment, so `optuna-dashboard` opens
+  it and `--resume` continues it, pruned trials included.
+
+    optuna-dashboard results/msdn-synthetic-val/optuna_study.journal
 """
 from __future__ import annotations
 
+import logging
+import math
+from pathlib import Path
 from typing import Any
 
+import optuna
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
+
+from msdn.study.options import StudyError
+
+logger = logging.getLogger(__name__)
+
+JOURNAL_FILE = "optuna_study.journal"
+# Importances are fitted on COMPLETE trials only; with fewer than this they are noise.
+MIN_TRIALS_FOR_IMPORTANCE = 4
+
+
+def journal_path(experiment_path: str) -> Path | None:
+    """Where a study's Optuna journal lives: its Tune experiment folder; None under object storage (s3://...),
+    where the study stays in Tune's saved searcher state only."""
+    if "://" in experiment_path:
+        return None
+    return Path(experiment_path) / JOURNAL_FILE
+
+
+def check_journal(path: Path, *, resume: bool) -> None:
+    """A new study must not find a journal at `path` (it would continue a stranger's trials); a resumed study
+    must (its trials, pruned ones included, are the state being resumed)."""
+    if resume and not path.is_file():
+        raise StudyError(f"--resume: the Optuna journal {path} is missing; expected the file the interrupted study "
+                         f"wrote there (its trials, pruned ones included, are the searcher's state)")
+    if not resume and path.exists():
+        raise StudyError(f"{path} exists, from an earlier study of the same name; expected no Optuna journal for a "
+                         f"new study: continue that study with --resume, choose another --experiment, or remove it")
+
+
+def journal_storage(path: Path, *, resume: bool) -> JournalStorage:
+    """The journal storage at `path`, after `check_journal`."""
+    check_journal(path, resume=resume)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+def dashboard_command(path: Path) -> str:
+    return f"optuna-dashboard {path}"
 
 
 class StudySearcher(OptunaSearch):
-    """OptunaSearch whose starting points may be partial (Optuna samples the parameters they omit)."""
+    """OptunaSearch with partial starting points, PRUNED trials for ASHA's stops, and a persisted study."""
 
-    def __init__(self, *, starting_points: list[dict[str, Any]] | None = None, **kwargs: Any) -> None:
+    def __init__(self, *, starting_points: list[dict[str, Any]] | None = None, max_epochs: int | None = None,
+                 journal: Path | None = None, resume: bool = False, **kwargs: Any) -> None:
         self._starting_points = [dict(point) for point in starting_points or []]
+        self._max_epochs = max_epochs  # a trial that stops before it was stopped early (ASHA)
+        self._journal = journal
+        if journal is not None:
+            kwargs["storage"] = journal_storage(journal, resume=resume)
         super().__init__(**kwargs)
 
     def _setup_study(self, mode: str | None) -> None:
         super()._setup_study(mode)
-        for point in self._starting_points:
-            self._ot_study.enqueue_trial(point)
+        # Tune sets up a resumed searcher again before restoring its state: a journal study that has trials
+        # already holds the starting points, and enqueuing them again would run them twice.
+        if not self._ot_study.get_trials(deepcopy=False):
+            for point in self._starting_points:
+                self._ot_study.enqueue_trial(point)
         self._starting_points = []  # enqueued once: the Optuna study (saved with the searcher) keeps them
+
+    # -- what Tune tells the searcher --------------------------------------------------------------------
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None:
+            self._report(ot_trial, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None or trial_id in self._completed_trials:
+            return
+        self._completed_trials.add(trial_id)
+        if self._frozen(ot_trial).state.is_finished():
+            return  # told before the study was interrupted; its state stands
+        if result:
+            self._report(ot_trial, result)  # the epoch at which ASHA stopped it never came as a result
+        steps = self._frozen(ot_trial).intermediate_values
+        finite = [v for v in steps.values() if math.isfinite(v)]
+        epochs = int((result or {}).get("training_iteration", max(steps, default=0)))
+        if error or not finite:
+            state, value = TrialState.FAIL, None
+        elif getattr(self, "_max_epochs", None) is not None and epochs < self._max_epochs:
+            state, value = TrialState.PRUNED, None  # Optuna records its last intermediate value
+        else:
+            state, value = TrialState.COMPLETE, (max(finite) if self._mode == "max" else min(finite))
+        # Right for TPE (Optuna 5, _split_trials): PRUNED trials rank below every COMPLETE one, deeper epochs
+        # first, so a stopped trial counts as "worse than finished ones, better the further it got".
+        try:
+            self._ot_study.tell(ot_trial, value, state=state)
+        except Exception as exc:  # a trial another process finished; keep the study going
+            logger.warning("Optuna refused to finish trial %s as %s: %s", ot_trial.number, state.name, exc)
+
+    def _report(self, ot_trial, result: dict) -> None:
+        """Report the result's metric as the intermediate value of its epoch, once (resumed epochs repeat)."""
+        value, step = result.get(self._metric), result.get("training_iteration")
+        if not isinstance(value, (int, float)) or step is None:
+            return
+        frozen = self._frozen(ot_trial)
+        if frozen.state.is_finished() or int(step) in frozen.intermediate_values:
+            return
+        ot_trial.report(float(value), int(step))
+
+    def _frozen(self, ot_trial):
+        """The trial as the storage holds it now (the journal may be ahead of a restored searcher)."""
+        return self._ot_study._storage.get_trial(ot_trial._trial_id)
+
+    # -- resume ------------------------------------------------------------------------------------------
+    def restore(self, checkpoint_path: str) -> None:
+        """Tune's saved searcher state, then the journal: trials asked for after that state was saved (the
+        study was killed before Tune could record them) stay RUNNING in the journal, and are marked FAIL."""
+        super().restore(checkpoint_path)
+        known = {ot_trial._trial_id for ot_trial in self._ot_trials.values()}
+        storage = self._ot_study._storage
+        for frozen in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if frozen._trial_id not in known:
+                storage.set_trial_state_values(frozen._trial_id, TrialState.FAIL)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading the study back (driver, after the trials)
+
+
+def load_optuna_study(path: Path, study_name: str) -> optuna.Study | None:
+    """The study stored in the journal at `path`, or None when there is no such file or study."""
+    if not path.is_file():
+        return None
+    storage = JournalStorage(JournalFileBackend(str(path)))
+    if study_name not in [s.study_name for s in storage.get_all_studies()]:
+        return None
+    return optuna.load_study(study_name=study_name, storage=storage)
+
+
+def param_importances(study: optuna.Study, seed: int = 0) -> dict[str, float] | None:
+    """fANOVA importances of the searched parameters over the COMPLETE trials (Optuna's default evaluator),
+    largest first; None with fewer than MIN_TRIALS_FOR_IMPORTANCE of them or fewer than two parameters."""
+    from optuna.importance import FanovaImportanceEvaluator, get_param_importances
+
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    names = {name for trial in complete for name in trial.params}
+    if len(complete) < MIN_TRIALS_FOR_IMPORTANCE or len(names) < 2:
+        return None
+    importances = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=seed))
+    return {name: float(value) for name, value in importances.items()}

@@ -3,7 +3,10 @@
 Each trial receives a `DataSpec` (a few strings, through `tune.with_parameters`), not the features:
 it opens the memory-mapped float16 cache itself, so all trials on a node share one copy in the
 page cache. It reports every epoch's metrics, so ASHA can stop it, and a checkpoint (trainer state)
-every `checkpoint_every` epochs and at its last epoch, so `Tuner.restore` can resume it.
+every `checkpoint_every` epochs and at its last epoch, so `Tuner.restore` can resume it. Every
+evaluation also sweeps the study's settings grid (alpha x gamma): the grid's best H and the (alpha,
+gamma) reaching it are reported every epoch, the whole grid (`GRID_MAP_KEYS`, for the heat map) at the
+epochs where the study metric improves, so that the trial's best epoch carries it.
 
 Worker processes are reused across trials (`reuse_actors`): `WorkerCache` keeps, per process, the
 opened benchmark and its splits (checked against the files' sizes and mtimes at every trial start, so
@@ -20,13 +23,18 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from msdn.metrics import EvalGrid
 
 CHECKPOINT_FILE = "trainer.pt"
 # Result keys that are lists (the calibration curve); everything else reported is a scalar.
 CURVE_KEYS = ("curve_gamma", "curve_S", "curve_U", "curve_H")
+# The settings grid's axes and its H (a list per alpha), reported when the study metric improves.
+GRID_MAP_KEYS = ("curve_grid_alpha", "curve_grid_gamma", "curve_grid_H")
 
 
 @dataclass(frozen=True)
@@ -91,6 +99,18 @@ def report_metrics(metrics: dict[str, Any], curve) -> dict[str, Any]:
     return {**{k: v for k, v in metrics.items() if isinstance(v, (int, float))}, **curve_lists(curve)}
 
 
+def grid_lists(grid) -> dict[str, list]:
+    """A GridResult as plain lists under GRID_MAP_KEYS; H rounded to 4 decimals (a heat map, not a selection)."""
+    return dict(zip(GRID_MAP_KEYS, (grid.alphas.tolist(), grid.gammas.tolist(), grid.harmonic.round(4).tolist())))
+
+
+def improves(value: Any, best: float | None, mode: str) -> bool:
+    """Whether `value` is a finite number strictly better than `best` (None: nothing yet) in direction `mode`."""
+    if not isinstance(value, (int, float)) or not np.isfinite(value):
+        return False
+    return best is None or (value > best if mode == "max" else value < best)
+
+
 def checkpoint_due(epoch: int, last_epoch: int, every: int) -> bool:
     """Whether epoch `epoch` (1-based) is checkpointed: every `every` epochs, and always the last one.
 
@@ -100,7 +120,10 @@ def checkpoint_due(epoch: int, last_epoch: int, every: int) -> bool:
 
 
 def data_signature(data: DataSpec) -> tuple:
-    """(size, mtime_ns) of every file a benchmark is read from, and of its float16 cache; None when missing."""
+    """(path, size, mtime_ns) of each file a benchmark is read from, and of its float16 cache.
+
+    A missing file counts as (path, None), so its appearing or disappearing changes the signature too.
+    """
     from msdn.data import benchmark_paths, cache_path
 
     paths = benchmark_paths(data.dataset, data.data_root)
@@ -172,7 +195,7 @@ def trial_gpu_share(context) -> float | None:
     """The trial's GPU share from its Tune resources (e.g. 0.5), or None when it has no GPU."""
     try:
         gpus = float(context.get_trial_resources().required_resources.get("GPU", 0))
-    except Exception:  # not running under Tune (direct calls in tests): no share known
+    except (AttributeError, RuntimeError, TypeError, ValueError):  # not under Tune (direct calls): no share known
         return None
     return gpus or None
 
@@ -186,8 +209,13 @@ def release_cached_device_memory() -> None:
 
 
 def train_msdn(config: dict[str, Any], *, data: DataSpec, base: dict[str, Any], study_seed: int,
-               checkpoint_every: int = 1) -> None:
-    """Function trainable: train, report each epoch (with a checkpoint when due), resume from the last one."""
+               checkpoint_every: int = 1, eval_grid: EvalGrid | None = None, metric: str = "H_grid",
+               mode: str = "max") -> None:
+    """Function trainable: train, report each epoch (with a checkpoint when due), resume from the last one.
+
+    `eval_grid` (a msdn.metrics.EvalGrid) is swept at every evaluation; the whole grid is reported at the
+    epochs where `metric` improves in direction `mode`.
+    """
     entered = time.time()
     from ray import tune
 
@@ -213,7 +241,7 @@ def train_msdn(config: dict[str, Any], *, data: DataSpec, base: dict[str, Any], 
     if worker.trials > 1:
         release_cached_device_memory()  # the previous trial's blocks, so the budget reads what is free
     trainer = Trainer(cfg, bench, split, progress=None, gpu_share=trial_gpu_share(context),
-                      resident_features=worker.resident_features(data, bench, cfg.device))
+                      resident_features=worker.resident_features(data, bench, cfg.device), eval_grid=eval_grid)
     worker.keep_resident(data, bench, trainer)
     where = placement()
 
@@ -225,8 +253,15 @@ def train_msdn(config: dict[str, Any], *, data: DataSpec, base: dict[str, Any], 
     start[timing.TIME_TRAINER_BUILD] = time.perf_counter() - built
 
     previous = {timing.TIME_CHECKPOINT: 0.0, timing.TIME_REPORT: 0.0}
+    best = None
+    for earlier in trainer.history:  # epochs restored from a checkpoint
+        best = earlier[metric] if improves(earlier.get(metric), best, mode) else best
     for metrics in trainer.run():
         result = report_metrics(metrics, trainer.last_result.curve)
+        if improves(metrics.get(metric), best, mode):
+            best = metrics[metric]
+            if trainer.last_result.grid is not None:
+                result.update(grid_lists(trainer.last_result.grid))
         result.update({"trial_seed": cfg.seed, **{f"placement_{k}": v for k, v in where.items()}, **start, **previous})
         start = {}
         began = time.perf_counter()

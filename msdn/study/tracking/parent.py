@@ -2,23 +2,34 @@
 
 The parent run holds what describes the whole study: its settings as params, the search space file,
 where and with what it ran (tags: git commit, library versions, cluster size), the best trial
-(`best_*`), the refit's test figures (`test_*`), the plots and `study_summary.json`.
+(`best_*`), the refits' test figures (`test_*`: the tuned configuration's mean over seeds, with
+`test_<k>_mean/_std/_ci_low/_ci_high`; `baseline_test_*` for the authors' configuration; `delta_H_*`,
+the paired difference), the parameter importances (`importance.<param>`), `best_config.yaml`, the refit
+checkpoints, the plots (the best trial's settings-grid heat map among them) and `study_summary.json`.
+Each refit is also a child run of its own (tag `msdn.study` = `refit`, `refit.config`, `refit.seed`).
 """
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from msdn.metrics import HEADLINE_KEYS
+from msdn.metrics import GRID_KEYS, HEADLINE_KEYS
 from msdn.study.cluster import cluster_tags
 from msdn.study.options import StudyOptions, experiment_path
-from msdn.study.results import RefitResult, TrialSummary
+from msdn.study.results import BASELINE, REFIT_KEYS, TUNED, RefitResult, Refits, TrialSummary
 from msdn.study.search_space import SearchSpace
-from msdn.study.tracking.store import (STORAGE_TAG, STUDY_TAG, client, ensure_experiment, log_artifacts, log_metrics,
-                                      log_params_flat)
+from msdn.study.tracking.store import (PARENT_TAG, STORAGE_TAG, STUDY_TAG, client, ensure_experiment, log_artifacts,
+                                      log_metrics, log_params_flat)
+
+# Tags of a refit's child run, besides STUDY_TAG = REFIT_RUN.
+REFIT_RUN = "refit"
+REFIT_CONFIG_TAG = "refit.config"  # "tuned" or "baseline"
+REFIT_SEED_TAG = "refit.seed"
+REFIT_NAME_TAG = "refit.name"  # <config>-seed<seed>: finds the run again on --resume
 
 PROTOCOL_NOTES = {
     "paper": "paper: trains on trainval and reports TEST metrics every epoch (the authors' procedure; selection on test)",
@@ -80,15 +91,17 @@ def open_parent_run(opts: StudyOptions, space: SearchSpace) -> tuple[str, str]:
         "max_epochs": opts.max_epochs, "seed": opts.seed, "metric": space.metric, "mode": space.mode,
         "asha.max_t": space.asha.max_t, "asha.grace_period": space.asha.grace_period,
         "asha.reduction_factor": space.asha.reduction_factor, "search_space": str(space.path),
-        "storage_path": path,
+        "storage_path": path, "refit_seeds": opts.refit_seeds, "baseline": opts.baseline,
     })
     c.log_artifact(run_id, str(space.path), "search_space")
     return experiment_id, run_id
 
 
 def log_best(writer, run_id: str, best: TrialSummary) -> None:
-    """Queue: the best trial's params as `best.*`, its best epoch's headline metrics as `best_*`."""
-    metrics = {f"best_{k}": float(best.best[k]) for k in HEADLINE_KEYS if k in best.best}
+    """Queue: the best trial's params as `best.*` (the settings grid's chosen alpha and gamma included), its best
+    epoch's headline and settings-grid metrics as `best_*`."""
+    metrics = {f"best_{k}": float(best.best[k]) for k in HEADLINE_KEYS + GRID_KEYS
+               if isinstance(best.best.get(k), (int, float)) and math.isfinite(best.best[k])}
     metrics["best_epoch"] = float(best.best_epoch)
 
     def run(c) -> None:
@@ -99,11 +112,76 @@ def log_best(writer, run_id: str, best: TrialSummary) -> None:
     writer.submit("the best trial on the parent run", run)
 
 
-def log_refit(writer, run_id: str, refit: RefitResult) -> None:
-    """Queue: the refit's test-split headline metrics as `test_*`, and its epochs."""
-    metrics = {f"test_{k}": float(refit.metrics[k]) for k in HEADLINE_KEYS}
-    metrics["refit_epochs"] = float(refit.epochs)
-    writer.submit("the refit's test figures on the parent run", lambda c: log_metrics(c, run_id, metrics, step=0))
+def refit_metrics(refits: Refits) -> dict[str, float]:
+    """The parent run's test figures: `test_<k>` (the tuned mean over seeds; with one seed, its value), per key of
+    REFIT_KEYS `test_<k>_mean/_std/_ci_low/_ci_high`, the same as `baseline_test_*`, and `delta_H_*`.
+
+    Undefined figures (the sd and interval of one seed) are left out.
+    """
+    metrics = {f"test_{k}": sum(float(r.metrics[k]) for r in refits.tuned) / len(refits.tuned)
+               for k in HEADLINE_KEYS if all(k in r.metrics for r in refits.tuned)}
+    groups = [("test", refits.stats(TUNED))]
+    if refits.baseline:
+        groups.append(("baseline_test", refits.stats(BASELINE)))
+    for prefix, stats in groups:
+        for key, interval in stats.items():
+            metrics.update({f"{prefix}_{key}_{name}": value for name, value in interval.as_dict().items()
+                            if name != "n"})
+    delta = refits.delta("H")
+    if delta is not None:
+        metrics.update({f"delta_H_{name}": value for name, value in delta.as_dict().items() if name != "n"})
+    metrics["refit_epochs"] = float(refits.tuned[0].epochs)
+    metrics["refit_seeds"] = float(len(refits.tuned))
+    if refits.baseline:
+        metrics["baseline_epochs"] = float(refits.baseline[0].epochs)
+    return {k: v for k, v in metrics.items() if math.isfinite(v)}
+
+
+def log_refits(writer, run_id: str, refits: Refits) -> None:
+    """Queue: the refits' test figures on the parent run (`refit_metrics`)."""
+    metrics = refit_metrics(refits)
+    writer.submit("the refits' test figures on the parent run", lambda c: log_metrics(c, run_id, metrics, step=0))
+
+
+def log_refit_run(writer, experiment_id: str, parent_run_id: str, refit: RefitResult, tags: dict[str, str]) -> None:
+    """Queue: the refit's child run (its TrainConfig as params, its test figures as metrics), unless one exists.
+
+    Found again by its name tag, so a resumed study that logs its stored refits again makes no duplicate (and
+    an attempt the writer retries after an outage completes the run it had begun).
+    """
+    metrics = {k: float(v) for k, v in {**refit.metrics, "train_time": refit.train_time}.items()
+               if isinstance(v, (int, float)) and math.isfinite(v)}
+
+    def run(c) -> None:
+        found = c.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}' and "
+                              f"tags.`{REFIT_NAME_TAG}` = '{refit.name}'", max_results=1)
+        if found and found[0].info.status == "FINISHED":
+            return
+        run_id = found[0].info.run_id if found else c.create_run(experiment_id, run_name=f"refit-{refit.name}", tags={
+            **tags, PARENT_TAG: parent_run_id, STUDY_TAG: REFIT_RUN, REFIT_NAME_TAG: refit.name,
+            REFIT_CONFIG_TAG: refit.config, REFIT_SEED_TAG: str(refit.seed), "checkpoint": str(refit.checkpoint),
+        }).info.run_id
+        log_params_flat(c, run_id, refit.train_config)
+        log_metrics(c, run_id, metrics, step=refit.epochs)
+        c.set_terminated(run_id, status="FINISHED")
+
+    writer.submit(f"the child run of refit {refit.name}", run)
+
+
+def log_refit_files(writer, run_id: str, best_config: Path, checkpoints: dict[str, Path]) -> None:
+    """Queue: best_config.yaml at the parent run's top, each refit checkpoint as refit_checkpoints/<name>/."""
+    def run(c) -> None:
+        c.log_artifact(run_id, str(best_config))
+        for name, path in checkpoints.items():
+            c.log_artifact(run_id, str(path), f"refit_checkpoints/{name}")
+
+    writer.submit("best_config.yaml and the refit checkpoints on the parent run", run)
+
+
+def log_importances(writer, run_id: str, importances: dict[str, float]) -> None:
+    """Queue: each searched parameter's importance (Optuna's fANOVA over COMPLETE trials) as `importance.<param>`."""
+    metrics = {f"importance.{name}": float(value) for name, value in importances.items()}
+    writer.submit("the parameter importances on the parent run", lambda c: log_metrics(c, run_id, metrics, step=0))
 
 
 def log_files(writer, run_id: str, plots: list[Path], summary: dict[str, Any], folder: Path) -> None:

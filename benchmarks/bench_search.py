@@ -1,0 +1,466 @@
+"""Search efficiency: does the study's search earn its budget? Four searches, the same budget of trial-epochs.
+
+    python benchmarks/bench_search.py                          # synthetic: 4 methods x 5 seeds, 160 trial-epochs each
+    python benchmarks/bench_search.py --seeds 3 --budget 96    # a reduced run
+    python benchmarks/bench_search.py --dataset cub --data-root /data/zsl --budget 600 --parallel 4 --slots 2
+    python benchmarks/bench_search.py --smoke                  # the whole path in a minute or two (tests)
+
+Methods, each through the study's own parts (`StudySearcher`, Tune's ASHA, the `train_msdn` trainable, the
+search space file of the dataset; validation protocol):
+
+  random         random search (Optuna's RandomSampler), no early stopping: every trial runs max_t epochs
+  random+asha    random search, ASHA stops trials
+  tpe+asha       the study's default: TPE + ASHA, stopped trials PRUNED, alpha and gamma chosen per epoch
+                 on the settings grid (metric H_grid)
+  tpe+asha-old   TPE + ASHA with alpha and gamma searched per trial, over the ranges the search space files
+                 gave them before the settings grid (OLD_RANGES), metric H
+  (tpe+asha-ray, with --methods: Ray's own OptunaSearch, which tells stopped trials COMPLETE with their last
+                 value; the rest as tpe+asha)
+
+Every study searches until it has spent `--budget` trial-epochs (a Tune stopper ends it there; trials in
+flight are cut off). The score of a study after x trial-epochs is the best validation H (at the trial's
+best (alpha, gamma): H_grid; for tpe+asha-old, the trial's own) among the first x epoch results it
+received. No method starts from the authors' configuration (`--start-from-defaults` gives it to all), so
+the searches themselves are compared; the same study seed gives random search and TPE the same first
+configurations (TPE samples its first 10 at random), a paired comparison.
+
+Reported per method, over the study seeds: the median (and interquartile range) of that best H against
+trial-epochs; the share of random search's budget the other methods need to reach random search's final
+best (on the median curves, and per seed); and the test H of each study's best configuration refit on
+trainval for its best epoch count (its own seed, the chosen alpha and gamma), tested once. Figures and
+the plot: benchmarks/README.md.
+
+Every finished study is appended to `<--json>.runs.jsonl` at once; `--continue` skips the studies found
+there, so a long run that was stopped goes on where it was.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+import torch  # noqa: E402,F401  (before Ray and h5py: see tune/run.py)
+
+METHODS = ("random", "random+asha", "tpe+asha", "tpe+asha-old")
+EXTRA_METHODS = ("tpe+asha-ray",)
+DEFAULT_METHOD, REFERENCE_METHOD = "tpe+asha", "random"
+TARGET_SHARE = 0.40  # the default method should reach random search's final best within 40% of its budget
+# alpha and gamma as the search space files searched them before the settings grid (uniform, per dataset).
+OLD_RANGES = {"synthetic": {"alpha": (0.6, 1.0), "gamma": (0.0, 3.0)},
+              "cub": {"alpha": (0.5, 1.0), "gamma": (0.0, 4.0)},
+              "sun": {"alpha": (0.4, 1.0), "gamma": (0.0, 4.0)},
+              "awa2": {"alpha": (0.5, 1.0), "gamma": (0.0, 4.0)}}
+HEADER = "== search efficiency =="
+
+
+# ----------------------------------------------------------------------------- one study
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """What every study of a benchmark run shares."""
+
+    dataset: str
+    data_root: str
+    space_path: str
+    budget: int  # trial-epochs per study
+    max_t: int
+    slots: int  # trials at once in a study
+    start_from_defaults: bool
+
+
+def method_space(setup: Setup, method: str):
+    """The search space of `method`: the dataset's file, without starting points; old way: alpha and gamma
+    under params (OLD_RANGES), no grid, metric H."""
+    from msdn.study.search_space import ParamSpec, load_search_space
+
+    space = load_search_space(setup.space_path, setup.dataset)
+    space = dataclasses.replace(space, start_from_defaults=setup.start_from_defaults, points_to_evaluate=(),
+                                asha=dataclasses.replace(space.asha, max_t=setup.max_t,
+                                                         grace_period=min(space.asha.grace_period, setup.max_t)))
+    if method == "tpe+asha-old":
+        searched = tuple(ParamSpec(name, "uniform", low, high)
+                         for name, (low, high) in OLD_RANGES[setup.dataset].items())
+        space = dataclasses.replace(space, params=space.params + searched, grid=(), metric="H")
+    return space
+
+
+class Recorder:
+    """A Tune callback (driver side) that keeps every result in arrival order, and a stopper at the budget."""
+
+    def __init__(self, metric: str, budget: int) -> None:
+        from ray.tune import Callback
+        from ray.tune.stopper import Stopper
+
+        self.metric, self.budget = metric, budget
+        self.results: list[dict[str, Any]] = []
+        self.configs: dict[str, dict[str, Any]] = {}
+        recorder = self
+
+        class Record(Callback):
+            def on_trial_result(self, iteration, trials, trial, result, **info):
+                recorder.configs[trial.trial_id] = dict(trial.config)
+                recorder.results.append({"trial_id": trial.trial_id, **{k: result.get(k) for k in (
+                    "training_iteration", metric, "H", "grid_alpha", "grid_gamma", "trial_seed")}})
+
+        class AtBudget(Stopper):
+            def __call__(self, trial_id, result):
+                return False
+
+            def stop_all(self):
+                return len(recorder.results) >= recorder.budget
+
+        self.callback, self.stopper = Record(), AtBudget()
+
+
+def best_so_far(values: list[float], budget: int) -> list[float]:
+    """The running maximum of the first `budget` values (NaN counts as nothing), padded with the last value."""
+    out, best = [], -math.inf
+    for value in values[:budget]:
+        if value is not None and math.isfinite(value):
+            best = max(best, value)
+        out.append(best if best > -math.inf else 0.0)
+    return out + [out[-1] if out else 0.0] * (budget - len(out))
+
+
+def run_one(setup: Setup, method: str, seed: int, storage: str) -> dict[str, Any]:
+    """One study of `method` with study seed `seed` (a connected Ray); its curve, best trial and refit."""
+    import optuna
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    from msdn.config import default_config
+    from msdn.study.searcher import StudySearcher
+    from msdn.study.trainable import DataSpec, train_msdn, trial_seed
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = method_space(setup, method)
+    sampler = (optuna.samplers.RandomSampler(seed=seed) if method.startswith("random")
+               else optuna.samplers.TPESampler(seed=seed))
+    points = space.initial_points(setup.dataset) if setup.start_from_defaults else []
+    if method == "tpe+asha-ray":
+        searcher = OptunaSearch(sampler=sampler, points_to_evaluate=points or None)
+    else:
+        searcher = StudySearcher(starting_points=points, max_epochs=setup.max_t, sampler=sampler)
+    scheduler = (FIFOScheduler() if method == "random" else
+                 ASHAScheduler(time_attr="training_iteration", max_t=setup.max_t, grace_period=space.asha.grace_period,
+                               reduction_factor=space.asha.reduction_factor))
+    base = default_config(setup.dataset, **space.fixed).replace(protocol="val", data_root=setup.data_root,
+                                                                epochs=setup.max_t, device="cpu").to_dict()
+    recorder = Recorder(space.metric, setup.budget)
+    trainable = tune.with_resources(tune.with_parameters(
+        train_msdn, data=DataSpec(setup.dataset, setup.data_root), base=base, study_seed=seed,
+        checkpoint_every=setup.max_t, eval_grid=space.eval_grid(), metric=space.metric, mode=space.mode),
+        {"cpu": 1})
+    start = time.perf_counter()
+    tune.Tuner(
+        trainable, param_space=space.tune_param_space(),
+        tune_config=tune.TuneConfig(metric=space.metric, mode=space.mode, num_samples=setup.budget,
+                                    search_alg=ConcurrencyLimiter(searcher, max_concurrent=setup.slots),
+                                    scheduler=scheduler, reuse_actors=True),
+        run_config=tune.RunConfig(name=f"{method}-seed{seed}", storage_path=storage, stop=recorder.stopper,
+                                  callbacks=[recorder.callback], verbose=0,
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+    ).fit()
+    wall = time.perf_counter() - start
+    within = recorder.results[:setup.budget]
+    curve = best_so_far([r[space.metric] for r in within], setup.budget)
+    scored = [r for r in within if r[space.metric] is not None and math.isfinite(r[space.metric])]
+    best = max(scored, key=lambda r: r[space.metric])
+    sampled = recorder.configs[best["trial_id"]]
+    params = {**sampled, "alpha": best["grid_alpha"], "gamma": best["grid_gamma"]}
+    refit = ray.get(ray.remote(num_cpus=1)(refit_and_test).remote(
+        base, params, int(best["training_iteration"]), trial_seed(seed, sampled), setup.dataset, setup.data_root))
+    return {"method": method, "seed": seed, "curve": curve, "best": best[space.metric], "best_params": params,
+            "best_epoch": int(best["training_iteration"]), "trials": len({r["trial_id"] for r in within}),
+            "results": len(recorder.results), "wall_s": wall, "test": refit}
+
+
+def refit_and_test(base: dict[str, Any], params: dict[str, Any], epochs: int, seed: int, dataset: str,
+                   data_root: str) -> dict[str, float]:
+    """Retrain `params` on trainval for `epochs` epochs (seed `seed`), evaluate once on the test split."""
+    from msdn.study.trainable import on_this_worker, trial_config
+    from msdn.train import Trainer
+
+    cfg = on_this_worker(trial_config(base, params, seed).replace(protocol="paper", epochs=epochs))
+    trainer = Trainer(cfg, progress=None)
+    for _ in range(epochs):
+        trainer.train_epoch()
+    return trainer.evaluate().summary()
+
+
+# ----------------------------------------------------------------------------- the figures
+def share_to_reach(curve: list[float], target: float) -> float:
+    """The share of the budget (len(curve) trial-epochs) after which `curve` first reaches `target`; inf if never."""
+    for x, value in enumerate(curve, 1):
+        if value >= target - 1e-12:
+            return x / len(curve)
+    return math.inf
+
+
+def quartiles(values: list[float]) -> tuple[float, float, float]:
+    q1, q2, q3 = np.percentile(np.asarray(values, float), [25, 50, 75])
+    return float(q1), float(q2), float(q3)
+
+
+def analyse(runs: list[dict[str, Any]], budget: int) -> dict[str, Any]:
+    """Per method: the median curve and its quartiles, shares of random search's budget, refit test H."""
+    methods = [m for m in METHODS + EXTRA_METHODS if any(r["method"] == m for r in runs)]
+    curves = {m: np.array([r["curve"] for r in runs if r["method"] == m]) for m in methods}
+    median = {m: np.median(c, axis=0) for m, c in curves.items()}
+    out: dict[str, Any] = {"budget": budget, "methods": {}}
+    reference = median.get(REFERENCE_METHOD)
+    target = float(reference[-1]) if reference is not None else None
+    random_final = {r["seed"]: r["curve"][-1] for r in runs if r["method"] == REFERENCE_METHOD}
+    for m in methods:
+        mine = [r for r in runs if r["method"] == m]
+        per_seed = [share_to_reach(r["curve"], random_final[r["seed"]]) for r in mine if r["seed"] in random_final]
+        tests = [r["test"]["H"] for r in mine]
+        out["methods"][m] = {
+            "seeds": len(mine),
+            "median_curve": median[m].tolist(),
+            "q1_curve": np.percentile(curves[m], 25, axis=0).tolist(),
+            "q3_curve": np.percentile(curves[m], 75, axis=0).tolist(),
+            "best_at": {f"{int(100 * f)}%": quartiles([r["curve"][max(0, round(f * budget) - 1)] for r in mine])
+                        for f in (0.25, 0.5, 1.0)},
+            "share_of_random_budget": share_to_reach(median[m].tolist(), target) if target is not None else None,
+            "share_per_seed_median": float(np.median(per_seed)) if per_seed else None,
+            "share_per_seed": per_seed,
+            "test_H": quartiles(tests),
+            "test_H_values": tests,
+            "trials_median": float(np.median([r["trials"] for r in mine])),
+            "wall_s_median": float(np.median([r["wall_s"] for r in mine])),
+        }
+    out["random_final_best_median"] = target
+    return out
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def _share(x: float | None) -> str:
+    if x is None:
+        return "n/a"
+    return "not reached" if math.isinf(x) else f"{100 * x:.0f}%"
+
+
+def report_lines(figures: dict[str, Any], command: str) -> list[str]:
+    """The table (markdown) and the verdict against the target share."""
+    lines = [HEADER, f"command: {command}", f"budget: {figures['budget']} trial-epochs per study; H in %, "
+             "median [interquartile range] over study seeds", "",
+             "| method | seeds | best val H @25% | @50% | @100% of budget | share of random's budget to reach its "
+             "final best (median curves / per-seed median) | refit test H | trials |",
+             "|---|---|---|---|---|---|---|---|"]
+    for m, f in figures["methods"].items():
+        cells = [f"{_pct(f['best_at'][k][1])} [{_pct(f['best_at'][k][0])}, {_pct(f['best_at'][k][2])}]"
+                 for k in ("25%", "50%", "100%")]
+        test = f"{_pct(f['test_H'][1])} [{_pct(f['test_H'][0])}, {_pct(f['test_H'][2])}]"
+        lines.append(f"| {m} | {f['seeds']} | {' | '.join(cells)} | {_share(f['share_of_random_budget'])} / "
+                     f"{_share(f['share_per_seed_median'])} | {test} | {f['trials_median']:.0f} |")
+    default = figures["methods"].get(DEFAULT_METHOD)
+    if default and figures.get("random_final_best_median") is not None:
+        share = default["share_of_random_budget"]
+        verdict = "meets" if share <= TARGET_SHARE else "misses"
+        lines += ["", f"{DEFAULT_METHOD} reaches random search's final best validation H "
+                  f"({_pct(figures['random_final_best_median'])}, median over seeds) after {_share(share)} of the "
+                  f"budget (median curves; per seed, median {_share(default['share_per_seed_median'])}): "
+                  f"{verdict} the target of <= {TARGET_SHARE:.0%}"]
+    return lines
+
+
+def plot(figures: dict[str, Any], path: Path, title: str) -> Path:
+    """Best validation H against trial-epochs: one line per method (median over seeds), its quartiles shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    x = np.arange(1, figures["budget"] + 1)
+    for m, f in figures["methods"].items():
+        (line,) = ax.plot(x, 100 * np.asarray(f["median_curve"]), label=f"{m} ({f['seeds']} seeds)",
+                          linewidth=2.2 if m == DEFAULT_METHOD else 1.4)
+        ax.fill_between(x, 100 * np.asarray(f["q1_curve"]), 100 * np.asarray(f["q3_curve"]), alpha=0.15,
+                        color=line.get_color())
+    if figures.get("random_final_best_median") is not None:
+        ax.axhline(100 * figures["random_final_best_median"], color="grey", linestyle=":", linewidth=1,
+                   label="random search's final best (median)")
+    ax.set_xlabel("trial-epochs spent")
+    ax.set_ylabel("best validation H so far (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------- running
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", default="synthetic")
+    p.add_argument("--data-root", default=None, help="data root (default: a synthetic benchmark in a temporary folder)")
+    p.add_argument("--search-space", default=None, help="default: search_spaces/<dataset>.yaml")
+    p.add_argument("--methods", default=",".join(METHODS),
+                   help=f"comma-separated, of {', '.join(METHODS + EXTRA_METHODS)}")
+    p.add_argument("--seeds", type=int, default=5, help="study seeds per method (0, 1, ...)")
+    p.add_argument("--budget", type=int, default=160, help="trial-epochs per study")
+    p.add_argument("--max-t", type=int, default=None, help="epochs of a full trial (default: the space's asha.max_t)")
+    p.add_argument("--slots", type=int, default=2, help="trials at once in a study (1 CPU each)")
+    p.add_argument("--parallel", type=int, default=1, help="studies at once (a Ray of slots x parallel CPUs)")
+    p.add_argument("--start-from-defaults", action="store_true", help="every method evaluates the authors' point first")
+    p.add_argument("--json", default=None, help="write the figures (and every study) here")
+    p.add_argument("--plot", default=None, help="write the plot here (default: next to --json, or none)")
+    p.add_argument("--continue", dest="resume", action="store_true",
+                   help="skip the studies already in <--json>.runs.jsonl (a stopped run goes on)")
+    p.add_argument("--smoke", action="store_true", help="the whole path, tiny: 1 seed, budget 6, max_t 2")
+    p.add_argument("--one", nargs=2, metavar=("METHOD", "SEED"), help=argparse.SUPPRESS)  # a --parallel worker
+    p.add_argument("--setup", help=argparse.SUPPRESS)
+    p.add_argument("--address", help=argparse.SUPPRESS)
+    return p
+
+
+def prepare_data(args: argparse.Namespace, workdir: Path) -> str:
+    """The data root: --data-root, or the synthetic benchmark (seed 0) written under `workdir`."""
+    if args.data_root:
+        return str(Path(args.data_root).resolve())
+    from msdn.data import load_benchmark
+    from msdn.synthetic import ensure_synthetic
+
+    root = workdir / "data"
+    ensure_synthetic(root, seed=0, progress=print)
+    load_benchmark("synthetic", root, progress=None)  # the float16 cache, once, before the trials
+    return str(root)
+
+
+def _done(run: dict[str, Any], log: Path | None) -> dict[str, Any]:
+    print(f"  {run['method']} seed {run['seed']}: best val H {100 * run['best']:.2f}, test H "
+          f"{100 * run['test']['H']:.2f}, {run['trials']} trials, {run['wall_s']:.0f} s", flush=True)
+    if log is not None:
+        with open(log, "a") as fh:
+            fh.write(json.dumps(run) + "\n")
+    return run
+
+
+def run_all(setup: Setup, jobs: list[tuple[str, int]], parallel: int, workdir: Path,
+            log: Path | None) -> list[dict[str, Any]]:
+    """Every (method, seed) study: in this process one after another, or `parallel` at once as drivers of
+    this process's Ray (each its own process, as Tune runs one experiment per driver)."""
+    import ray
+
+    ray.init(num_cpus=setup.slots * parallel, include_dashboard=False, log_to_driver=False)
+    try:
+        if parallel == 1:
+            return [_done(run_one(setup, method, seed, str(workdir / "tune")), log) for method, seed in jobs]
+        address = ray.get_runtime_context().gcs_address
+        setup_file = workdir / "setup.json"
+        setup_file.write_text(json.dumps(dataclasses.asdict(setup)))
+        pending, running, runs = list(jobs), [], []
+        while pending or running:
+            while pending and len(running) < parallel:
+                method, seed = pending.pop(0)
+                out = workdir / f"{method}-{seed}.json"
+                proc = subprocess.Popen([sys.executable, __file__, "--one", method, str(seed), "--setup",
+                                         str(setup_file), "--address", address, "--json", str(out)],
+                                        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                running.append((proc, out, method, seed))
+            time.sleep(1)
+            for item in [r for r in running if r[0].poll() is not None]:
+                running.remove(item)
+                proc, out, method, seed = item
+                if proc.returncode != 0:
+                    raise SystemExit(f"error: the study {method} seed {seed} failed (exit {proc.returncode})")
+                runs.append(_done(json.loads(out.read_text()), log))
+        return runs
+    finally:
+        ray.shutdown()
+
+
+def quiet() -> None:
+    """Tune's compact output, no per-result files (the recorder keeps every result), no warnings about them."""
+    import logging
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    for name in ("ray.tune", "ray.tune.analysis.experiment_analysis", "ray.tune.tune"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def worker(args: argparse.Namespace) -> int:
+    """--parallel: one study as a driver of the benchmark's Ray."""
+    import ray
+
+    quiet()
+    setup = Setup(**json.loads(Path(args.setup).read_text()))
+    ray.init(address=args.address, log_to_driver=False)
+    method, seed = args.one[0], int(args.one[1])
+    run = run_one(setup, method, seed, str(Path(args.setup).parent / "tune"))
+    Path(args.json).write_text(json.dumps(run))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.one:
+        return worker(args)
+    quiet()
+    if args.smoke:
+        args.seeds, args.budget, args.max_t = 1, 6, 2
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS + EXTRA_METHODS]
+    if unknown:
+        raise SystemExit(f"error: --methods {','.join(unknown)}: expected some of {', '.join(METHODS + EXTRA_METHODS)}")
+    space_path = args.search_space or str(REPO / "search_spaces" / f"{args.dataset}.yaml")
+    command = "python benchmarks/bench_search.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    with tempfile.TemporaryDirectory(prefix="msdn-bench-search-") as tmp:
+        workdir = Path(tmp)
+        data_root = prepare_data(args, workdir)
+        from msdn.study.search_space import load_search_space
+
+        max_t = args.max_t or load_search_space(space_path, args.dataset).asha.max_t
+        setup = Setup(args.dataset, data_root, space_path, args.budget, max_t, args.slots, args.start_from_defaults)
+        log = Path(args.json).with_suffix(".runs.jsonl") if args.json else None
+        earlier = [json.loads(line) for line in log.read_text().splitlines()] if args.resume and log.is_file() else []
+        if log is not None and not args.resume:
+            log.unlink(missing_ok=True)
+        done = {(r["method"], r["seed"]) for r in earlier}
+        jobs = [(m, s) for s in range(args.seeds) for m in methods if (m, s) not in done]
+        print(f"{len(jobs)} studies ({', '.join(methods)} x {args.seeds} seeds; {len(earlier)} done before) of "
+              f"{args.budget} trial-epochs, max_t {max_t}, {args.slots} slots, {args.parallel} at once, on "
+              f"{args.dataset}", flush=True)
+        start = time.perf_counter()
+        runs = earlier + run_all(setup, jobs, args.parallel, workdir, log)
+    runs = [r for r in runs if r["method"] in methods and r["seed"] < args.seeds]
+    figures = analyse(runs, args.budget)
+    figures.update(command=command, wall_s=time.perf_counter() - start, dataset=args.dataset, max_t=max_t,
+                   slots=args.slots)
+    print("\n".join(report_lines(figures, command)))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"figures": figures, "runs": runs}, indent=1))
+    plot_path = args.plot or (str(Path(args.json).with_suffix(".png")) if args.json else None)
+    if plot_path:
+        plot(figures, Path(plot_path), f"{args.dataset}: best validation H vs trial-epochs ({args.seeds} seeds)")
+        print(f"plot: {plot_path}")
+    print(f"wall: {figures['wall_s']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
