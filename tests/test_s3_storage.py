@@ -253,10 +253,5 @@ def test_study_on_s3_survives_a_killed_driver_and_a_node_without_the_store_is_re
     extra = [r for r in runs if r[0] not in study_trials]
     unfinished = [r for r in runs if r[1] != "FINISHED"]
     assert sorted({r[0] for r in runs} & study_trials) == sorted(study_trials), f"trials without a run: {runs}"
-    if (extra or unfinished) and all(r[1:3] == ("KILLED", "interrupted") for r in extra + unfinished):
-        # Known gap of the tracking code after a hard kill (not of S3): runs whose last updates were still
-        # queued in the killed driver's TrackingWriter (a trial Tune had finished), or of a trial started
-        # after Tune's last experiment snapshot (the restored study never knew it). --resume closes them
-        # KILLED instead of completing them from Tune's results or dropping them.
-        pytest.xfail(f"MLflow runs not reconciled with Tune's restored trials after the driver's SIGKILL: {runs}")
+    # after a hard kill, the resumed study reconciles MLflow with Tune's restored trials (callback.reconcile)
     assert not extra and not unfinished, f"runs {runs}; the study's trials {sorted(study_trials)}"

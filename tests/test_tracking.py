@@ -236,3 +236,38 @@ def test_tracking_uri_checks(tmp_path):
     with pytest.raises(tracking.TrackingError, match="expected sqlite"):
         tracking.check_tracking_uri("ftp://host/x")
     assert tracking.default_tracking_uri(tmp_path) == f"sqlite:///{Path(tmp_path).resolve() / 'mlflow.db'}"
+
+
+class FakeResult:
+    """What `reconcile` reads of a Tune Result."""
+
+    def __init__(self, trial_id: str, epochs: int, error: str | None = None) -> None:
+        import pandas as pd
+
+        self.metrics = {"trial_id": trial_id} if epochs else {}
+        self.metrics_dataframe = pd.DataFrame([{"training_iteration": e, "H": 0.1 * e, "S": 0.5, "trial_id": trial_id,
+                                                "config/lr": 0.1} for e in range(1, epochs + 1)])
+        self.error = error
+
+
+class FakeGrid(list):
+    def __init__(self, results, trial_ids) -> None:
+        super().__init__(results)
+        self._experiment_analysis = type("Analysis", (), {"trials": [FakeTrial(t, {}) for t in trial_ids]})()
+
+
+def test_reconcile_completes_runs_from_tunes_results_after_a_hard_kill(study, writers):
+    killed = callback(study, writers)  # the first driver logged two epochs of t1, and a trial Tune never saved
+    t1, ghost = FakeTrial("t1", {"lr": 5e-4}), FakeTrial("t9", {"lr": 1e-3})
+    for trial in (t1, ghost):
+        killed.on_trial_start(0, [], trial)
+    report(killed, t1, 1)
+    report(killed, t1, 2)
+    sync(killed)
+    resumed = callback(study, writers)  # Tune's snapshot says t1 finished 3 epochs; it knows t2 (no result), not t9
+    resumed.reconcile(FakeGrid([FakeResult("t1", 3), FakeResult("t2", 0, error="boom")], ["t1", "t2"]))
+    sync(resumed)
+    runs = children(study)
+    assert set(runs) == {"t1"}  # t9's run is deleted: it is not a trial of the restored study
+    assert steps(study, runs["t1"]) == [1, 2, 3]
+    assert runs["t1"].info.status == "FINISHED" and runs["t1"].data.tags["trial_state"] == "completed"

@@ -142,6 +142,7 @@ def _run(opts: StudyOptions, stop: StopRequests, progress: Progress) -> StudyRes
         result.errors = [t.error for t in result.trials if t.error]
         if stop.requested:
             raise KeyboardInterrupt(stop.signal_name)
+        callback.reconcile(grid)
         callback.close_open_runs("KILLED")
         _finish(opts, space, base, resources, result, writer, files, progress)
     except KeyboardInterrupt:

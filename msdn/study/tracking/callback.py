@@ -166,6 +166,52 @@ class MLflowStudyCallback(Callback):
 
         self._queue("error", trial, work)
 
+    def reconcile(self, grid) -> None:
+        """Queue: make MLflow agree with Tune's record of the finished study (after a hard kill and resume).
+
+        A driver killed hard loses what its writer had not sent yet, and Tune's last snapshot may be
+        older or newer than MLflow. So, from Tune's results: log each trial's missing epochs, end the
+        run of every trial Tune counts as finished (FINISHED, or FAILED when it errored), and delete runs
+        of trials that the restored study does not know (started after Tune's last snapshot; their
+        configurations run again as new trials).
+        """
+        finished = []
+        for result in grid:
+            trial_id = (result.metrics or {}).get("trial_id")
+            df = result.metrics_dataframe
+            if not trial_id or df is None or df.empty or "training_iteration" not in df:
+                continue
+            rows = [(int(row["training_iteration"]), scalar_metrics(row)) for row in df.to_dict("records")]
+            finished.append((trial_id, rows, result.error is not None))
+        try:  # every trial of the restored study, reported or not (the ResultGrid keeps them privately)
+            known: set[str] | None = {t.trial_id for t in grid._experiment_analysis.trials}
+        except AttributeError:
+            known = None  # then no run is deleted
+
+        def run(c) -> None:
+            if not self._loaded:
+                self._load_existing_children(c)
+            for trial_id, rows, errored in finished:
+                run_id = self._runs.get(trial_id)
+                if run_id is None:
+                    continue
+                epochs = max(step for step, _ in rows)
+                for step, metrics in sorted(rows, key=lambda item: item[0]):
+                    if step > self._last_step.get(run_id, 0):
+                        log_metrics(c, run_id, metrics, step)
+                        self._last_step[run_id] = step
+                if c.get_run(run_id).info.status != "FINISHED" or errored:
+                    state = trial_state(epochs, self.max_epochs, errored=errored)
+                    c.set_tag(run_id, TRIAL_STATE_TAG, state)
+                    c.set_tag(run_id, "epochs_trained", str(epochs))
+                    c.set_terminated(run_id, status="FAILED" if errored else "FINISHED")
+            for trial_id, run_id in list(self._runs.items()):
+                if known is not None and trial_id not in known:
+                    c.delete_run(run_id)  # a trial the restored study never ran: not one of its trials
+                    del self._runs[trial_id]
+
+        self.writer.submit("reconciling the trials' runs with Tune's results", run)
+
     def close_open_runs(self, status: str = "KILLED") -> None:
         """Queue: terminate child runs still RUNNING (trials that never finished), tagged interrupted."""
         def run(c) -> None:
