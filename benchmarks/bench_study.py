@@ -1,7 +1,7 @@
 """Study throughput: how much of a study's slot time trains and evaluates, and where the rest goes.
 
     python benchmarks/bench_study.py                  # the default synthetic study: 12 trials, 8 epochs, 2 slots
-    python benchmarks/bench_study.py --small          # ~0.1 s epochs: the CUB study's shape (40 trials, up to 30 epochs)
+    python benchmarks/bench_study.py --small          # ~0.1 s epochs, the CUB study's shape (40 trials, <= 30 epochs)
     python benchmarks/bench_study.py --cub-shaped     # report + checkpoint at CUB's model size vs a CUB epoch
     python benchmarks/bench_study.py --dataset cub --data-root /data/zsl --num-samples 12 --max-epochs 8
     python benchmarks/bench_study.py --smoke          # the whole path, about a minute (tests/test_bench_study.py)
@@ -97,7 +97,7 @@ def write_cub_subset(root: Path, fraction: float, channels: int, grid: int, seed
 
 
 def subset_search_space(folder: Path, max_t: int) -> Path:
-    """search_spaces/cub.yaml with ASHA sized for short benchmark studies (grace 1 .. max_t, factor 2)."""
+    """search_spaces/cub.yaml with ASHA sized for a short benchmark study: max_t, grace min(2, max_t), factor 2."""
     import yaml
 
     raw = yaml.safe_load((REPO / "search_spaces" / "cub.yaml").read_text())
@@ -110,6 +110,8 @@ def subset_search_space(folder: Path, max_t: int) -> Path:
 # ----------------------------------------------------------------------------- the study and its records
 @dataclass
 class StudyRun:
+    """A finished benchmark study: its options, its timings, and every trial's result rows."""
+
     opts: Any  # the resolved StudyOptions
     space: Any
     wall_s: float  # run_study from call to return (Ray start, MLflow, the loop, the report)
@@ -182,10 +184,14 @@ def analyse(run: StudyRun, slots: int) -> dict[str, Any]:
     def part(group: list[dict], key: str) -> float | None:
         return _mean([float(r[key]) for r in group if key in r])
 
+    later_of = {id(trial[0]): [epoch_seconds(r) for r in trial[1:] if timing.TIME_DATA_OPEN not in r]
+                for trial in run.trials}
+
     def first_extra(group: list[dict]) -> float | None:
+        """A start's epoch minus its trial's median later epoch (the study's, for a trial of one epoch)."""
         if steady_epoch is None:
             return None
-        return _mean([epoch_seconds(r) - steady_epoch for r in group])
+        return _mean([epoch_seconds(r) - statistics.median(later_of.get(id(r)) or [steady_epoch]) for r in group])
 
     def overhead(group: list[dict], first_key: str) -> float | None:
         parts = [part(group, first_key), part(group, timing.TIME_DATA_OPEN), part(group, timing.TIME_TRAINER_BUILD),
@@ -326,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: 12 (--small 40, --cub-shaped 4, --smoke 2)")
     p.add_argument("--max-epochs", type=int, default=None,
                    help="default: the search space's asha.max_t (--cub-shaped 3, --smoke 2)")
-    p.add_argument("--slots", type=int, default=2, help="trials at once; the local Ray gets slots x cpus-per-trial CPUs")
+    p.add_argument("--slots", type=int, default=2, help="trials at once (a local Ray of slots x cpus-per-trial CPUs)")
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)

@@ -58,8 +58,8 @@ FIELDS = ["tuning loop wall (s)", "whole study wall (s)", "sum of train + eval (
 
 @pytest.mark.slow
 def test_smoke_prints_every_field(tmp_path):
-    done = subprocess.run([sys.executable, str(BENCH / "bench_study.py"), "--smoke", "--json", str(tmp_path / "f.json")],
-                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    command = [sys.executable, str(BENCH / "bench_study.py"), "--smoke", "--json", str(tmp_path / "f.json")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = done.stdout[done.stdout.index("== study throughput =="):].splitlines()
     values = {}

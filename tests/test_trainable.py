@@ -156,7 +156,8 @@ def test_each_protocol_and_holdout_gets_its_own_split(tmp_path, counted_loads):
 
     _data_files(tmp_path)
     cache, spec = WorkerCache(), DataSpec("synthetic", str(tmp_path))
-    benches = {cache.open(spec, *key)[0] for key in [("val", 0.2, 0), ("paper", 0.2, 0), ("val", 0.3, 0), ("val", 0.2, 1)]}
+    keys = [("val", 0.2, 0), ("paper", 0.2, 0), ("val", 0.3, 0), ("val", 0.2, 1)]
+    benches = {cache.open(spec, *key)[0] for key in keys}
     assert len(benches) == 1 and counted_loads["load"] == 1
     assert len(counted_loads["split"]) == 4
 
