@@ -128,7 +128,7 @@ def grid_lines(best: dict[str, Any], protocol: str) -> list[str]:
               f"U={best['U_grid']:.4f} H={best['H_grid']:.4f}")
     if protocol == "paper":
         return [f"paper protocol, configured gamma={best['gamma']:.2f}: S={best['S']:.4f} U={best['U']:.4f} "
-                f"H={best['H']:.4f} (selected on TEST: best epoch by test H)",
+                f"H={best['H']:.4f} (the epoch selected on TEST)",
                 f"paper protocol, settings grid {chosen} (alpha, gamma and epoch selected on TEST)"]
     return [f"settings grid at the best epoch, chosen on validation: {chosen}; the refit uses this alpha and gamma"]
 
