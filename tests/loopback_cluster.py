@@ -13,6 +13,7 @@ descent, never other Ray clusters of this machine.
 """
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -266,7 +267,7 @@ class LoopbackCluster:
                 with urllib.request.urlopen(self.mlflow_uri + "/health", timeout=2) as r:
                     if r.status == 200:
                         return
-            except OSError:
+            except (OSError, http.client.HTTPException):  # not up yet, or another service's port
                 time.sleep(1)
         raise RuntimeError(f"mlflow server on {self.mlflow_uri} did not come up; see {self.workdir / 'mlflow_server.log'}")
 

@@ -4,6 +4,7 @@ Nothing of the trials may be lost, no run may stay RUNNING, no half-made study m
 """
 from __future__ import annotations
 
+import http.client
 import os
 import signal
 import socket
@@ -51,7 +52,7 @@ class MlflowServer:
                 with urllib.request.urlopen(self.uri + "/health", timeout=2) as response:
                     if response.status == 200:
                         return
-            except OSError:
+            except (OSError, http.client.HTTPException):  # not up yet, or another service's port
                 time.sleep(0.5)
         raise RuntimeError(f"mlflow server did not come up; see {self.workdir / 'mlflow_server.log'}")
 
