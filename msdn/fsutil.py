@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import secrets
 from pathlib import Path
@@ -48,3 +49,12 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)  # after a successful rename there is nothing left to remove
+
+
+def sha256_file(path: Path) -> str:
+    """The SHA-256 of a file's bytes, read in 4 MiB blocks (large files never sit in memory whole)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()

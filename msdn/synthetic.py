@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import os
 import pickle
@@ -34,7 +33,7 @@ import numpy as np
 from .cli import cli_entry
 from .data.errors import DataError
 from .data.layout import check_data_root
-from .fsutil import atomic_path, file_lock, temp_name
+from .fsutil import atomic_path, file_lock, sha256_file, temp_name
 from .progress import Progress
 
 NUM_CLASSES = 50
@@ -182,14 +181,6 @@ def _marker(data_root: Path) -> Path:
     return data_root / "SYNTHETIC" / MARKER
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _read_marker(data_root: Path) -> dict | None:
     """The marker's record (seed, state, and per file its size and SHA-256), or None when absent or unreadable."""
     try:
@@ -253,7 +244,7 @@ def not_own_output(data_root: str | Path) -> list[str]:
                          "told apart from a file of yours")
         elif not isinstance(record, dict):
             lines.append(f"{p}: not listed in {_marker(root)}")
-        elif not p.is_file() or record.get("size") != p.stat().st_size or record.get("sha256") != _sha256(p):
+        elif not p.is_file() or record.get("size") != p.stat().st_size or record.get("sha256") != sha256_file(p):
             lines.append(f"{p}: differs from what msdn.synthetic wrote (modified since)")
     return lines
 
@@ -346,7 +337,7 @@ def ensure_synthetic(data_root: str | Path, seed: int = 0, progress: Progress = 
         with contextlib.ExitStack() as stack:
             tmps = {key: stack.enter_context(_kept_temp(p)) for key, p in paths.items()}
             _write_files(arrays, tmps)
-            files = {_rel(root, paths[key]): {"size": tmp.stat().st_size, "sha256": _sha256(tmp)}
+            files = {_rel(root, paths[key]): {"size": tmp.stat().st_size, "sha256": sha256_file(tmp)}
                      for key, tmp in tmps.items()}
             _write_marker(root, seed, "writing", files)  # vouches for the files before they appear
             for key, tmp in tmps.items():

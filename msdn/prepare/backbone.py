@@ -1,11 +1,11 @@
 """The frozen feature extractor: torchvision ResNet-101 minus avgpool and fc, its weights, its image transform."""
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..data import DataError
+from ..fsutil import sha256_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -29,14 +29,6 @@ class Weights:
     sha256: str
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def resolve_weights(spec: str | None) -> Weights:
     """`random`, a file, or (None) torchvision's ImageNet file from the local torch hub cache; never downloads."""
     if spec == "random":
@@ -46,7 +38,7 @@ def resolve_weights(spec: str | None) -> Weights:
         if not path.is_file():
             raise DataError(f"--weights {path}: no such file; expected a torchvision ResNet-101 state dict or an "
                             "MSDN checkpoint with resnet101.* keys (or 'random' for smoke tests)")
-        return Weights(path, f"file {path.name}", _sha256(path))
+        return Weights(path, f"file {path.name}", sha256_file(path))
     import torch
 
     folder = Path(torch.hub.get_dir()) / "checkpoints"
@@ -55,7 +47,7 @@ def resolve_weights(spec: str | None) -> Weights:
     for path in [*known, *others]:
         if path.is_file():
             label = HUB_WEIGHT_FILES.get(path.name, "torchvision ResNet-101 (unrecognised hub file)")
-            return Weights(path, f"{label} ({path.name})", _sha256(path))
+            return Weights(path, f"{label} ({path.name})", sha256_file(path))
     raise DataError(f"no ImageNet ResNet-101 weights in the torch hub cache {folder}. Nothing is downloaded during "
                     f"a run: download {HUB_V1_URL} (torchvision IMAGENET1K_V1, what the authors' pretrained=True "
                     f"loads) to {known[0]}, or pass --weights FILE (set TORCH_HOME to use another cache folder)")
