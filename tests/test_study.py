@@ -112,15 +112,42 @@ def test_small_study_end_to_end(tmp_path, data_root):
     assert (tmp_path / "results" / EXPERIMENT / "tuner.pkl").is_file()
 
 
-def _wait_for_checkpoints(results: Path, count: int, proc: subprocess.Popen, timeout: float = 300) -> None:
+def _wait_for_a_running_trial_with_checkpoints(results: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+    """Until a trial holds 2 checkpoints and its last result (result.json, written by the driver) is not its last."""
+    import json
+
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if len(list(results.glob("*/checkpoint_*"))) >= count:
-            return
+        for trial_dir in results.glob("train_msdn_*"):
+            lines = (trial_dir / "result.json").read_text().splitlines() if (trial_dir / "result.json").is_file() else []
+            try:
+                last = json.loads(lines[-1]) if lines else {}
+            except ValueError:  # a line being written
+                continue
+            if len(list(trial_dir.glob("checkpoint_*"))) >= 2 and last.get("done") is False:
+                return
         if proc.poll() is not None:
             pytest.fail(f"the study ended before it could be interrupted (exit {proc.returncode})")
-        time.sleep(0.5)
-    pytest.fail(f"no {count} checkpoints under {results} within {timeout} s")
+        time.sleep(0.2)
+    pytest.fail(f"no running trial with 2 checkpoints under {results} within {timeout} s")
+
+
+def leave_only_checkpoints_tunes_record_does_not_name(results: Path) -> dict[Path, Path]:
+    """Make the race of a hard kill happen for sure: Tune deletes a trial's older checkpoints (num_to_keep)
+    as soon as a newer one is written, and writes its record of the study every few seconds, so the
+    record may name a deleted checkpoint. Here every trial's newest checkpoint moves to a folder number
+    no record names, and the others are deleted. Returns {trial folder: its one checkpoint}.
+    """
+    moved = {}
+    for trial_dir in sorted(p for p in results.iterdir() if p.is_dir() and list(p.glob("checkpoint_*"))):
+        folders = sorted(trial_dir.glob("checkpoint_*"), key=lambda f: f.name)
+        target = trial_dir / f"checkpoint_{int(folders[-1].name.split('_')[1]) + 1:06d}"
+        shutil.copytree(folders[-1], target)
+        for folder in folders:
+            shutil.rmtree(folder)
+        moved[trial_dir] = target
+    assert moved
+    return moved
 
 
 @pytest.mark.slow
@@ -131,7 +158,7 @@ def test_killed_study_resumes_with_one_run_per_trial(tmp_path, data_root):
     proc = subprocess.Popen(RUN + args, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
     try:
-        _wait_for_checkpoints(tmp_path / "results" / EXPERIMENT, 3, proc)
+        _wait_for_a_running_trial_with_checkpoints(tmp_path / "results" / EXPERIMENT, proc)
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started, mid-way, no clean-up
         proc.wait(timeout=30)
     finally:
@@ -140,9 +167,13 @@ def test_killed_study_resumes_with_one_run_per_trial(tmp_path, data_root):
         log.close()
     _, _, before = mlflow_runs(tmp_path / "mlflow.db")
     assert 0 < len(before) < 6 or any(r.info.status == "RUNNING" for r in before)
+    lagging = leave_only_checkpoints_tunes_record_does_not_name(tmp_path / "results" / EXPERIMENT)
 
     out = run_study(tmp_path, *args, "--resume")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    # at least one trial was running: it resumed from the checkpoint its folder held
+    resumed_from = [str(c) for c in lagging.values() if f"resuming from {c}, newer than" in out.stdout + out.stderr]
+    assert resumed_from, out.stdout[-3000:] + out.stderr[-3000:]
     client, parents, children = mlflow_runs(tmp_path / "mlflow.db")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     trial_ids = [c.data.tags["trial_id"] for c in children]

@@ -277,3 +277,4 @@ def test_the_settings_grid_is_reported_where_the_study_metric_improves():
     assert list(lists) == list(GRID_MAP_KEYS)
     assert lists == {"curve_grid_alpha": [0.5, 1.0], "curve_grid_gamma": [0.0, 2.0],
                      "curve_grid_H": [[0.1235, 0.5], [0.25, 0.0]]}
+

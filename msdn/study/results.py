@@ -177,6 +177,14 @@ def chosen_settings(best: EpochResult) -> dict[str, float]:
     return {k: float(v) for k, v in chosen.items() if isinstance(v, (int, float)) and math.isfinite(v)}
 
 
+def epoch_rows(df):
+    """A trial's results dataframe with one row per epoch: the first reported (a trial resumed from a
+    checkpoint newer than Tune's record reports the epochs Tune may lack again; see trainable.train_msdn)."""
+    if df is None or df.empty or "training_iteration" not in df:
+        return df
+    return df.drop_duplicates("training_iteration", keep="first")
+
+
 def trial_summaries(results: Iterable, metric: str, mode: str, max_epochs: int) -> list[TrialSummary]:
     """One TrialSummary per Tune `Result` (a ResultGrid iterates over them), in the grid's order."""
     summaries = []
@@ -184,7 +192,7 @@ def trial_summaries(results: Iterable, metric: str, mode: str, max_epochs: int) 
         trial_id = (result.metrics or {}).get("trial_id", "")
         params = dict(result.config or {})
         error = str(result.error) if result.error else None
-        df = result.metrics_dataframe
+        df = epoch_rows(result.metrics_dataframe)
         if df is None or df.empty or metric not in df:
             summaries.append(TrialSummary(trial_id, ERRORED if error else NO_RESULT, 0, params, error=error))
             continue

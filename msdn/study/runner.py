@@ -18,6 +18,7 @@ from typing import Any, Callable
 from msdn.config import default_config
 from msdn.progress import Progress
 from msdn.study import tracking
+from msdn.study.checkpoints import fill_deleted_checkpoint_folders
 from msdn.study.cluster import check_cluster_storage_and_data, connect_ray, default_concurrency, trial_resources
 from msdn.study.interrupt import StopRequests, forward_stop_callback
 from msdn.study.options import StudyFailed, StudyOptions, experiment_path, is_uri, resolve_options
@@ -66,6 +67,7 @@ def build_tuner(opts: StudyOptions, space: SearchSpace, resources: dict[str, flo
         journal = journal_path(experiment_path(opts))
         if journal is not None:
             check_journal(journal, resume=True)  # before Tune sets the restored searcher up (it would make one)
+        fill_deleted_checkpoint_folders(experiment_path(opts))  # Tune's record may name them (study.checkpoints)
         tuner = tune.Tuner.restore(experiment_path(opts), trainable, resume_unfinished=True, resume_errored=True)
         if tuner._local_tuner is not None:  # Tune restores the pickled callbacks; this run's are live ones
             tuner._local_tuner.get_run_config().callbacks = callbacks

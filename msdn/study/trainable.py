@@ -27,10 +27,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from msdn.study.checkpoints import CHECKPOINT_FILE, restorable_checkpoint
+
 if TYPE_CHECKING:
     from msdn.metrics import EvalGrid
 
-CHECKPOINT_FILE = "trainer.pt"
 # Result keys that are lists (the calibration curve); everything else reported is a scalar.
 CURVE_KEYS = ("curve_gamma", "curve_S", "curve_U", "curve_H")
 # The settings grid's axes and its H (a list per alpha), reported when the study metric improves.
@@ -245,7 +246,11 @@ def train_msdn(config: dict[str, Any], *, data: DataSpec, base: dict[str, Any], 
     worker.keep_resident(data, bench, trainer)
     where = placement()
 
-    checkpoint = tune.get_checkpoint()
+    storage = context.get_storage()
+    checkpoint, ahead = restorable_checkpoint(tune.get_checkpoint(), storage.trial_fs_path, storage.storage_filesystem)
+    if ahead:
+        print(f"trial {context.get_trial_id()}: resuming from {checkpoint.path}, newer than Tune's record of the "
+              "study names", flush=True)
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             trainer.load(Path(directory) / CHECKPOINT_FILE)
@@ -254,18 +259,22 @@ def train_msdn(config: dict[str, Any], *, data: DataSpec, base: dict[str, Any], 
 
     previous = {timing.TIME_CHECKPOINT: 0.0, timing.TIME_REPORT: 0.0}
     best = None
-    for earlier in trainer.history:  # epochs restored from a checkpoint
+    for earlier in trainer.history[:-1] if ahead else trainer.history:  # epochs restored (and reported before)
         best = earlier[metric] if improves(earlier.get(metric), best, mode) else best
-    for metrics in trainer.run():
+
+    def report(metrics: dict[str, Any], force_checkpoint: bool = False) -> None:
+        """Report one epoch (its training_iteration is its epoch), with a checkpoint when due."""
+        nonlocal best, start, previous
         result = report_metrics(metrics, trainer.last_result.curve)
         if improves(metrics.get(metric), best, mode):
             best = metrics[metric]
             if trainer.last_result.grid is not None:
                 result.update(grid_lists(trainer.last_result.grid))
-        result.update({"trial_seed": cfg.seed, **{f"placement_{k}": v for k, v in where.items()}, **start, **previous})
+        result.update({"training_iteration": trainer.epoch, "trial_seed": cfg.seed,
+                       **{f"placement_{k}": v for k, v in where.items()}, **start, **previous})
         start = {}
         began = time.perf_counter()
-        if checkpoint_due(trainer.epoch, cfg.epochs, checkpoint_every):
+        if force_checkpoint or checkpoint_due(trainer.epoch, cfg.epochs, checkpoint_every):
             with tempfile.TemporaryDirectory() as directory:
                 trainer.save(Path(directory) / CHECKPOINT_FILE, trial_id=context.get_trial_id())
                 saved = time.perf_counter()
@@ -276,3 +285,15 @@ def train_msdn(config: dict[str, Any], *, data: DataSpec, base: dict[str, Any], 
             worker.last_report_at = result[timing.REPORTED_AT] = time.time()
             tune.report(result)
         previous = {timing.TIME_CHECKPOINT: saved - began, timing.TIME_REPORT: time.perf_counter() - saved}
+
+    if ahead and trainer.history:
+        # Tune's record ends before this checkpoint: report the epochs it may lack (Tune's scheduler, the
+        # searcher and the MLflow callback ignore epochs they already have; results keep the first row of
+        # an epoch), the last one evaluated again for its curve, with a checkpoint Tune's record names.
+        for earlier in trainer.history[:-1]:
+            tune.report({**{k: v for k, v in earlier.items() if isinstance(v, (int, float))},
+                         "training_iteration": int(earlier["epoch"]), "trial_seed": cfg.seed})
+        trainer.last_result = trainer.evaluate()
+        report(trainer.history[-1], force_checkpoint=True)
+    for metrics in trainer.run():
+        report(metrics)

@@ -14,7 +14,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from msdn.study.results import ERRORED, INTERRUPTED, RETRYING, RUNNING, trial_state
+from msdn.study.results import ERRORED, INTERRUPTED, RETRYING, RUNNING, epoch_rows, trial_state
 from msdn.study.tracking.store import PARENT_TAG, TRIAL_ID_TAG, TRIAL_STATE_TAG, log_metrics
 
 # Result keys that are Tune bookkeeping or settings, not metrics of the model.
@@ -178,7 +178,7 @@ class MLflowStudyCallback(Callback):
         finished = []
         for result in grid:
             trial_id = (result.metrics or {}).get("trial_id")
-            df = result.metrics_dataframe
+            df = epoch_rows(result.metrics_dataframe)
             if not trial_id or df is None or df.empty or "training_iteration" not in df:
                 continue
             rows = [(int(row["training_iteration"]), scalar_metrics(row)) for row in df.to_dict("records")]
