@@ -18,7 +18,6 @@ The checkpoint is a `msdn.train` checkpoint (`python -m msdn.evaluate --checkpoi
 from __future__ import annotations
 
 import json
-import math
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -29,14 +28,12 @@ import numpy as np
 
 from msdn.progress import Progress
 from msdn.study.options import StudyFailed, StudyOptions, experiment_path
-from msdn.study.results import BASELINE, TUNED, RefitResult, Refits, TrialSummary, refit_name
+from msdn.study.results import BASELINE, TUNED, RefitResult, Refits, TrialSummary, chosen_settings, refit_name
 from msdn.study.trainable import DataSpec, curve_lists, on_this_worker, trial_config
 
 RESULT_FILE = "result.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 BEST_CONFIG_FILE = "best_config.yaml"
-# Result keys of a trial's evaluation-time choice (msdn.metrics.GridResult.at_best) -> the TrainConfig field set.
-CHOSEN_SETTINGS = {"grid_alpha": "alpha", "grid_gamma": "gamma"}
 # Fields that say where a refit ran, not what it computed: a stored result with other values is still valid.
 PLACE_FIELDS = ("data_root", "device")
 
@@ -78,9 +75,7 @@ def refit_seeds(first: int, study_seed: int, count: int) -> list[int]:
 def tuned_config(base: dict[str, Any], best: TrialSummary, seed: int) -> dict[str, Any]:
     """The chosen configuration as trained by its refit: trainval ("paper" split), the best epoch count, `seed`,
     and the evaluation-time settings the best trial chose at its best epoch (its settings grid), when it has them."""
-    chosen = {field: best.best[key] for key, field in CHOSEN_SETTINGS.items()
-              if isinstance(best.best.get(key), (int, float)) and math.isfinite(best.best[key])}
-    cfg = trial_config(base, {**best.params, **chosen}, seed).replace(protocol="paper", epochs=int(best.best_epoch))
+    cfg = trial_config(base, {**best.params, **chosen_settings(best.best)}, seed).replace(protocol="paper", epochs=int(best.best_epoch))
     return cfg.validate().to_dict()
 
 
