@@ -16,11 +16,17 @@ An *expected* failure is an `ExpectedError` (`UsageError` for flags and configur
 `CheckpointError` for checkpoint files, `msdn.data.DataError` for data files) or an `OSError` about a
 file (permissions, a full disk, a missing file). Everything else is a bug and keeps its traceback.
 This module imports nothing heavy (no torch, no Ray), so any entry point can use it.
+
+The one --help layout, too: every parser uses `HelpFormatter` (each default shown once, in words where
+it is None) and `examples(...)` for its epilog.
 """
 from __future__ import annotations
 
+import argparse
 import functools
+import shutil
 import sys
+import textwrap
 from typing import TYPE_CHECKING, Callable, Sequence
 
 if TYPE_CHECKING:
@@ -33,6 +39,63 @@ EXIT_TRACKING = 3  # reserved for tune/run.py: finished, but the tracking store 
 EXIT_INTERRUPTED = 130  # Ctrl+C (128 + SIGINT), as shells report it
 
 Main = Callable[[Sequence[str] | None], "int | None"]
+HELP_WIDTH = 100  # --help is at most this wide (narrower on a narrower terminal)
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """The --help layout of every command.
+
+    - An option's help gets "(default: X)" only when its text does not already speak of its default and X
+      says something: never for None (the help says in words what no value means), a switch's False/True
+      or SUPPRESS. So each default appears exactly once.
+    - Description and epilog: indented lines (examples) are kept as written; other paragraphs are refilled.
+    """
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 30,
+                 width: int | None = None) -> None:
+        if width is None:
+            width = min(HELP_WIDTH, shutil.get_terminal_size().columns - 2)
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("default" in text.lower() or default is None or default is argparse.SUPPRESS
+                or isinstance(default, bool)):
+            return text
+        if not action.option_strings and action.nargs not in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
+            return text  # a required positional: its default is never used
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)  # keep val-seen, cuda:1 whole
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        lines: list[str] = []
+        paragraph: list[str] = []
+
+        def flush() -> None:
+            if paragraph:
+                lines.extend(textwrap.wrap(" ".join(paragraph), width, initial_indent=indent,
+                                           subsequent_indent=indent, break_on_hyphens=False))
+                paragraph.clear()
+
+        for line in textwrap.dedent(text).splitlines():
+            if not line.strip():
+                flush()
+                lines.append("")
+            elif line[0].isspace():
+                flush()
+                lines.append(indent + line.rstrip())
+            else:
+                paragraph.append(line.strip())
+        flush()
+        return "\n".join(lines)
+
+
+def examples(*commands: str) -> str:
+    """An epilog of example commands, one a line (a trailing `# comment` explains it); kept as written."""
+    return "examples:\n" + "\n".join("  " + command for command in commands)
 
 
 class ExpectedError(ValueError):

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .cli import CheckpointError, UsageError, cli_entry, device_flag
-from .config import DATASETS, FIELD_NAMES, PROTOCOLS, TrainConfig, default_config
+from .cli import CheckpointError, HelpFormatter, UsageError, cli_entry, device_flag, examples
+from .config import DATASET_DEFAULTS, DATASETS, FIELD_NAMES, PROTOCOLS, TrainConfig, default_config
 from .data import Benchmark, ZSLSplit, check_data_present, load_benchmark, make_split, read_rows
 from .metrics import EvalGrid, GZSLResult, fuse_scores, grid_evaluate, gzsl_evaluate
 from .model import MSDN
@@ -309,16 +309,30 @@ def check_model_fits(model: MSDN, bench: Benchmark, split: ZSLSplit, path: str |
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m msdn.evaluate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", required=True, choices=DATASETS)
-    parser.add_argument("--data-root", default="data")
-    parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--protocol", choices=PROTOCOLS, default=None,
-                        help="split to evaluate on (default: the checkpoint's own; 'paper' for the authors')")
-    parser.add_argument("--alpha", type=float, default=None, help="sub-net fusion weight (default: dataset's)")
-    parser.add_argument("--gamma", type=float, default=None, help="calibrated-stacking offset (default 2.0)")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    alphas = ", ".join(f"{ds} {recipe['alpha']}" for ds, recipe in DATASET_DEFAULTS.items())
+    parser = argparse.ArgumentParser(
+        prog="python -m msdn.evaluate", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter,
+        epilog=examples(
+            "python -m msdn.evaluate --dataset synthetic --checkpoint run.pt   # from msdn.train --checkpoint",
+            "python -m msdn.evaluate --dataset synthetic --checkpoint run.pt --gamma 1.0 --json",
+            "python -m msdn.evaluate --dataset cub --data-root /data/zsl --checkpoint CUB_GZSL.pth",
+        ))
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", required=True, choices=DATASETS, help="benchmark the checkpoint was trained on")
+    data.add_argument("--data-root", default="data", metavar="DIR", help="folder holding the benchmarks")
+    data.add_argument("--protocol", choices=PROTOCOLS, default=None,
+                      help="split to evaluate on (default: the checkpoint's own; 'paper' for an authors' state dict)")
+    evaluation = parser.add_argument_group("evaluation")
+    evaluation.add_argument("--checkpoint", required=True, metavar="FILE",
+                            help="a checkpoint written by msdn.train, or an authors' MSDN state dict")
+    evaluation.add_argument("--alpha", type=float, default=None,
+                            help="sub-net fusion weight (default: the checkpoint's own; for an authors' state dict "
+                                 f"the dataset's: {alphas})")
+    evaluation.add_argument("--gamma", type=float, default=None,
+                            help="calibrated-stacking offset (default: the checkpoint's own; "
+                                 f"{TrainConfig.gamma} for an authors' state dict)")
+    evaluation.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:1, ...")
+    parser.add_argument_group("output").add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
 

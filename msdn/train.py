@@ -19,14 +19,16 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 
-from .cli import CheckpointError, UsageError, cli_entry, device_flag
-from .config import DATASETS, FIELD_NAMES, TrainConfig, coerce_value, default_config, overrides_from_yaml
+from .cli import CheckpointError, HelpFormatter, UsageError, cli_entry, device_flag, examples
+from .config import (DATASET_DEFAULTS, DATASETS, FIELD_NAMES, TrainConfig, coerce_value, default_config,
+                     overrides_from_yaml)
 from .data import check_data_present, load_benchmark, make_split, read_rows
 from .device import (PinnedBatches, copy_to_device, feature_budget_bytes, keep_features_on_device, resolve_device,
                      step_reserve_bytes)
@@ -257,23 +259,90 @@ def format_epoch(m: dict[str, Any], total_epochs: int) -> str:
     )
 
 
+# Every TrainConfig field (but dataset) is a flag: its --help group, line and, for some strings, metavar. One
+# place; tests/test_help.py checks that it covers every field.
+CONFIG_GROUPS = ("data and split", "model and loss", "optimisation", "evaluation and calibration", "run")
+CONFIG_FLAGS: dict[str, tuple[str, ...]] = {
+    "data_root": ("data and split", "folder holding the benchmarks (synthetic: written there on first use)", "DIR"),
+    "protocol": ("data and split", "paper: train on trainval, test on test_seen/test_unseen; val: train classes "
+                                   "vs validation classes inside the seen ones (no test image touched)", "{paper,val}"),
+    "val_fraction": ("data and split", "val protocol: share of each train class's images held out as val-seen"),
+    "val_seed": ("data and split", "val protocol: seed of the validation classes and held-out images"),
+    "normalize_v": ("model and loss", "L2-normalise the attribute vectors V"),
+    "margin": ("model and loss", "seen/unseen bias on class scores during training (-m seen, +m unseen)"),
+    "lambda_cal": ("model and loss", "weight of the self-calibration loss"),
+    "lambda_dis": ("model and loss", "weight of the semantic distillation loss"),
+    "ce_over": ("model and loss", "cross-entropy over 'all' classes (the authors' GZSL setting) or 'seen' only",
+                "{all,seen}"),
+    "epochs": ("optimisation", "epochs of n_train / batch_size randomly drawn batches, evaluated after each"),
+    "batch_size": ("optimisation", "images per training batch"),
+    "balanced_batches": ("optimisation", "one image from each of min(seen classes, batch size) classes"),
+    "lr": ("optimisation", "RMSprop learning rate"),
+    "lr_v_factor": ("optimisation", "learning rate of the attribute vectors V = lr * this"),
+    "weight_decay": ("optimisation", "RMSprop weight decay"),
+    "momentum": ("optimisation", "RMSprop momentum"),
+    "rms_alpha": ("optimisation", "RMSprop smoothing constant"),
+    "rms_eps": ("optimisation", "RMSprop epsilon"),
+    "alpha": ("evaluation and calibration", "fused score = alpha * S_a2v + (1 - alpha) * S_v2a"),
+    "gamma": ("evaluation and calibration", "calibrated stacking: offset of unseen-class scores vs seen ones"),
+    "gamma_min": ("evaluation and calibration", "lowest gamma of the sweep that reports the best gamma"),
+    "gamma_max": ("evaluation and calibration", "highest gamma of that sweep"),
+    "gamma_steps": ("evaluation and calibration", "gammas in that sweep"),
+    "eval_batch_size": ("evaluation and calibration", "images per evaluation batch"),
+    "seed": ("run", "seed of the model's initialisation and the batches"),
+    "device": ("run", "auto, cpu, cuda, cuda:1, ...", "DEVICE"),
+    "amp": ("run", "bf16 autocast for the training step (GPU or CPU)"),
+}
+
+
+def _default_words(name: str) -> str:
+    """A field's default for --help: one value, or the authors' per-dataset values where they differ."""
+    def show(value: Any) -> str:
+        return str(value).lower() if isinstance(value, bool) else str(value)
+
+    fallback = getattr(TrainConfig, name)
+    values = {ds: recipe.get(name, fallback) for ds, recipe in DATASET_DEFAULTS.items()}
+    counts = Counter(values.values())
+    common, n = counts.most_common(1)[0]
+    if n == len(values):
+        return f"default: {show(common)}"
+    if n > 1 and list(counts.values()).count(n) == 1:  # one value most datasets share: name the exceptions
+        others = ", ".join(f"{ds} {show(v)}" for ds, v in values.items() if v != common)
+        return f"default: {show(common)} except {others}"
+    return "default: " + ", ".join(f"{ds} {show(v)}" for ds, v in values.items())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Train MSDN and evaluate it with the GZSL protocol every epoch.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--dataset", required=True, choices=DATASETS)
-    parser.add_argument("--config", help="YAML file of TrainConfig fields (flags override it)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object per epoch instead of text")
-    parser.add_argument("--checkpoint", help="save a checkpoint here after every epoch")
-    parser.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
+        prog="python -m msdn.train", formatter_class=HelpFormatter,
+        description="Train MSDN and evaluate it with the GZSL protocol every epoch.\n\n"
+                    "Every field of the configuration is a flag. Its value comes from the authors' recipe for "
+                    "--dataset (msdn/config.py), then the --config file, then the flag.",
+        epilog=examples(
+            "python -m msdn.train --dataset synthetic --epochs 2   # the demo: data generated on first use",
+            "python -m msdn.train --dataset synthetic --checkpoint run.pt --resume   # rerun to continue",
+            "python -m msdn.train --dataset cub --data-root /data/zsl --lambda-dis 0.01 --json",
+        ))
+    groups = {title: parser.add_argument_group(title) for title in CONFIG_GROUPS}
+    groups["data and split"].add_argument("--dataset", required=True, choices=DATASETS,
+                                          help="benchmark, and the authors' recipe for the defaults below")
     for f in dataclasses.fields(TrainConfig):
         if f.name == "dataset":
             continue
-        flag = "--" + f.name.replace("_", "-")
+        # .get: a field new to TrainConfig still gets its flag (tests/test_help.py asks for its line)
+        title, text, *metavar = CONFIG_FLAGS.get(f.name, ("run", f"TrainConfig.{f.name}"))
         kind = type(f.default)
-        parser.add_argument(flag, dest=f.name, default=None, metavar=kind.__name__.upper(),
-                            type=str if kind is bool else kind, help=f"(default: per dataset, {f.default!r} here)")
+        words = "true/false; " if kind is bool else ""
+        groups[title].add_argument(
+            "--" + f.name.replace("_", "-"), dest=f.name, default=None,
+            metavar=metavar[0] if metavar else kind.__name__.upper(),
+            type=str if kind is bool else kind, help=f"{text} ({words}{_default_words(f.name)})")
+    run = groups["run"]
+    run.add_argument("--config", metavar="FILE", help="YAML file of configuration fields (flags override it)")
+    run.add_argument("--checkpoint", metavar="FILE", help="save a checkpoint here after every epoch")
+    run.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
+    parser.add_argument_group("output").add_argument(
+        "--json", action="store_true", help="print one JSON object per epoch instead of text")
     return parser
 
 

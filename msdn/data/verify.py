@@ -14,17 +14,24 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from ..cli import cli_entry
+from ..cli import HelpFormatter, cli_entry, examples
 from ..config import DATASETS
 from .benchmark import load_benchmark
 from .cache import DIGEST_BLOCK_BYTES
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m msdn.data.verify", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", required=True, choices=DATASETS)
-    parser.add_argument("--data-root", default="data")
-    parser.add_argument("--cache-dir", default=None, help="where the cache lives when not under DATA_ROOT/<DS>/cache")
+    parser = argparse.ArgumentParser(
+        prog="python -m msdn.data.verify", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter,
+        epilog=examples(
+            "python -m msdn.data.verify --dataset synthetic",
+            "python -m msdn.data.verify --dataset cub --data-root /data/zsl --cache-dir /scratch/msdn-cache",
+        ))
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", required=True, choices=DATASETS, help="benchmark to check")
+    data.add_argument("--data-root", default="data", metavar="DIR", help="folder holding the benchmarks")
+    data.add_argument("--cache-dir", default=None, metavar="DIR",
+                      help="where the float16 cache lives (default: DATA_ROOT/<DS>/cache)")
     return parser
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..config import REAL_DATASETS
-from ..cli import cli_entry, device_flag
+from ..cli import HelpFormatter, cli_entry, device_flag, examples
 from ..data import DataError, benchmark_paths, load_benchmark
 from ..fsutil import atomic_path
 from ..progress import Progress, silent, to_stderr
@@ -111,23 +111,38 @@ def main(args: argparse.Namespace, progress: Progress = to_stderr) -> Path:
 
 def build_parser() -> argparse.ArgumentParser:
     # prog: run as a package, argv[0] would read "__main__.py"
-    p = argparse.ArgumentParser(prog="python -m msdn.prepare", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("dataset", choices=REAL_DATASETS)
-    p.add_argument("--images", required=True, help="folder holding the dataset's images (see docs/prepare.md)")
-    p.add_argument("--xlsa17", required=True, help="xlsa17 root: holds data/<DS>/att_splits.mat and res101.mat")
-    p.add_argument("--out", required=True, help="data root for msdn.train --data-root")
-    p.add_argument("--weights", default=None, help="ResNet-101 state dict or MSDN checkpoint file, or 'random' "
-                   "(smoke tests); default: torchvision's ImageNet file in the torch hub cache")
-    p.add_argument("--word-vectors", default=None, help="<DS>_attribute.pkl, .npy, or GloVe text (+ "
-                   "--attribute-names); default: XLSA17/../w2v/<DS>_attribute.pkl")
-    p.add_argument("--attribute-names", default=None, help="one attribute name per line (for a GloVe file)")
-    p.add_argument("--image-size", type=int, default=448, help="Resize + CenterCrop size (448: 14 x 14 regions)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="image-loading processes")
-    p.add_argument("--device", default="auto", help="auto (GPU when present), cuda, cuda:1, cpu")
-    p.add_argument("--dtype", choices=("float32", "float16"), default="float32",
-                   help="feature_map dtype in the HDF5 (the authors': float32)")
+    p = argparse.ArgumentParser(
+        prog="python -m msdn.prepare", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter,
+        epilog=examples(
+            "python -m msdn.prepare cub --images ~/data/CUB --xlsa17 ~/data/xlsa17 --out data",
+            "python -m msdn.prepare sun --images ~/data/SUN --xlsa17 ~/data/xlsa17 --out data --dtype float16",
+            "python -m msdn.prepare cub --images ~/data/CUB --xlsa17 ~/data/xlsa17 --out smoke --weights random",
+        ))
+    data = p.add_argument_group("data")
+    data.add_argument("dataset", choices=REAL_DATASETS, help="benchmark to extract")
+    data.add_argument("--images", required=True, metavar="DIR",
+                      help="folder holding the dataset's images (see docs/prepare.md)")
+    data.add_argument("--xlsa17", required=True, metavar="DIR",
+                      help="xlsa17 root: holds data/<DS>/att_splits.mat and res101.mat")
+    data.add_argument("--word-vectors", default=None, metavar="FILE", help="<DS>_attribute.pkl, .npy, or GloVe "
+                      "text (+ --attribute-names); default: XLSA17/../w2v/<DS>_attribute.pkl")
+    data.add_argument("--attribute-names", default=None, metavar="FILE",
+                      help="one attribute name per line (for a GloVe file; default: none)")
+    extraction = p.add_argument_group("extraction")
+    extraction.add_argument("--weights", default=None, metavar="FILE", help="ResNet-101 state dict or MSDN "
+                            "checkpoint file, or 'random' (smoke tests); default: torchvision's ImageNet file in "
+                            "the torch hub cache")
+    extraction.add_argument("--image-size", type=int, default=448, metavar="PIXELS",
+                            help="Resize + CenterCrop size (448: 14 x 14 regions)")
+    extraction.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per backbone batch")
+    extraction.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), metavar="N",
+                            help="image-loading processes (default: min(8, CPU count), "
+                                 f"{min(8, os.cpu_count() or 1)} here)")
+    extraction.add_argument("--device", default="auto", help="auto (GPU when present), cuda, cuda:1, cpu")
+    output = p.add_argument_group("output")
+    output.add_argument("--out", required=True, metavar="DIR", help="data root for msdn.train --data-root")
+    output.add_argument("--dtype", choices=("float32", "float16"), default="float32",
+                        help="feature_map dtype in the HDF5 (the authors': float32)")
     return p
 
 

@@ -48,6 +48,7 @@ class StudyOptions:
     tracking_timeout: float = 300.0  # seconds the study waits at its end for an unreachable MLflow store
     checkpoint_every: int = 1  # epochs between a trial's checkpoints; its last epoch is always checkpointed
     reuse_workers: bool = True  # trials run in reused worker processes (Tune's reuse_actors)
+    verbose: bool = False  # Ray/Tune/MLflow/Optuna log lines and Tune's status table on the console too
 
 
 def is_uri(path: str) -> bool:
