@@ -13,23 +13,21 @@ descent, never other Ray clusters of this machine.
 """
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
 import yaml
+from mlflow_server import MlflowServer, free_ports
 
 BIN = Path(sys.executable).parent
 VENV = Path(sys.prefix)
@@ -39,12 +37,6 @@ README = REPO / "README.md"
 # What a fresh cloud node's login shell has on PATH: no venv, no pyenv shims.
 CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 MARKER = "MSDN_LOOPBACK_CLUSTER"  # in the environment of every process this cluster starts
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launcher_start_commands(key: str) -> list[str]:
@@ -122,10 +114,7 @@ class LoopbackCluster:
         self.workdir = workdir
         self.cpus = cpus_per_node
         self.memory = memory_bytes
-        self.gcs_port = free_port()
-        self.dashboard_port = free_port()
-        self.mlflow_port = free_port()
-        self.mlflow_artifacts = mlflow_artifacts
+        self.gcs_port, self.dashboard_port = free_ports(2)
         self.id = uuid.uuid4().hex
         # The node's home as the YAML's setup leaves it: ~/venv (here: the test's venv) and the shared token.
         self.home = workdir / "home"
@@ -147,7 +136,7 @@ class LoopbackCluster:
         # Ray's socket paths must stay under 107 bytes: session dirs go in a short folder of their own.
         self.session_root = Path(tempfile.mkdtemp(prefix="msdnrc-", dir="/tmp"))
         self.temp_dir = self.session_root / "head"
-        self.mlflow_proc: subprocess.Popen | None = None
+        self.mlflow = MlflowServer(workdir, db="mlflow.db", artifacts=mlflow_artifacts, env=self.env)
         self.workers = 0
 
     @property
@@ -160,7 +149,7 @@ class LoopbackCluster:
 
     @property
     def mlflow_uri(self) -> str:
-        return f"http://127.0.0.1:{self.mlflow_port}"
+        return self.mlflow.uri
 
     def ray(self, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
         out = subprocess.run([str(BIN / "ray"), *args], env=self.env, capture_output=True, text=True, timeout=timeout)
@@ -172,9 +161,9 @@ class LoopbackCluster:
         """What a node needs here and not on a cloud node: its own ports, temp dir and limits."""
         return [f"--temp-dir={temp_dir}", "--node-ip-address=127.0.0.1", f"--num-cpus={self.cpus}",
                 f"--memory={self.memory}", "--object-store-memory=150000000", "--disable-usage-stats",
-                f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-                f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
-                f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}"]
+                *(f"--{name}-port={port}" for name, port in zip(
+                    ("dashboard-agent-listen", "dashboard-agent-grpc", "metrics-export", "runtime-env-agent",
+                     "node-manager", "object-manager"), free_ports(6)))]
 
     def _run_node_commands(self, key: str, extra: list[str], env: dict[str, str], wrap=lambda script: script) -> None:
         for command in launcher_start_commands(key):
@@ -193,7 +182,7 @@ class LoopbackCluster:
                                 self.node_env)
         self.start_worker()
         self.wait_for_nodes(2)
-        self.start_mlflow()
+        self.mlflow.start(timeout=90)
         return self
 
     @property
@@ -252,25 +241,6 @@ class LoopbackCluster:
         for pid in self.worker_raylet_pids():
             os.kill(pid, signal.SIGKILL)
 
-    def start_mlflow(self) -> None:
-        log = open(self.workdir / "mlflow_server.log", "w")
-        artifacts = (["--artifacts-destination", self.mlflow_artifacts] if self.mlflow_artifacts
-                     else ["--default-artifact-root", str(self.workdir / "mlartifacts")])
-        self.mlflow_proc = subprocess.Popen(
-            [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{self.workdir / 'mlflow.db'}",
-             *artifacts, "--host", "127.0.0.1", "--port", str(self.mlflow_port), "--workers", "1"],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            try:
-                with urllib.request.urlopen(self.mlflow_uri + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except (OSError, http.client.HTTPException):  # not up yet, or another service's port
-                time.sleep(1)
-        raise RuntimeError(f"mlflow server on {self.mlflow_uri} did not come up; see {self.workdir / 'mlflow_server.log'}")
-
     def submit(self, working_dir: Path, entrypoint: list[str], timeout: float = 900) -> subprocess.CompletedProcess:
         """`ray job submit` (waits for the job and streams its logs), exactly as a user types it."""
         return self.run_client(["ray", "job", "submit", "--address", self.dashboard, "--working-dir", str(working_dir),
@@ -282,9 +252,7 @@ class LoopbackCluster:
 
     def stop(self) -> None:
         """End this cluster's processes only (MLflow, Ray daemons, workers, job drivers), never another's."""
-        if self.mlflow_proc is not None and self.mlflow_proc.poll() is None:
-            os.killpg(self.mlflow_proc.pid, signal.SIGKILL)  # the test is over: nothing to save
-            self.mlflow_proc.wait(timeout=30)
+        self.mlflow.stop(kill=True)  # the test is over: nothing to save
         # SIGKILL, as `ray stop --force` does, but only to this cluster's processes; again for any that a
         # dying parent started meanwhile.
         deadline = time.time() + 30

@@ -19,6 +19,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from mlflow_server import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,7 +67,7 @@ def test_quick_start_commands_run_as_written(tmp_path):
     assert (tmp_path / "mlflow.db").is_file() and (tmp_path / "results" / "msdn-synthetic-val").is_dir()
 
     port = 5000 if _port_free(5000) else None
-    argv = ui if port else [*ui, "--port", str(_free_port())]
+    argv = ui if port else [*ui, "--port", str(free_port())]
     port = port or int(argv[-1])
     server = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               env={**env, "PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '')}"},
@@ -89,8 +90,3 @@ def test_quick_start_commands_run_as_written(tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

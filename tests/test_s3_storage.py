@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from loopback_cluster import LoopbackCluster, free_port
+from loopback_cluster import LoopbackCluster
+from mlflow_server import free_port
 
 pytest.importorskip("moto.server", reason="the S3 test server comes with the dev extra: pip install -e '.[dev]'")
 

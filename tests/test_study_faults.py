@@ -4,67 +4,20 @@ Nothing of the trials may be lost, no run may stay RUNNING, no half-made study m
 """
 from __future__ import annotations
 
-import http.client
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from mlflow_server import MlflowServer
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = [sys.executable, str(REPO / "tune" / "run.py")]
-MLFLOW = str(Path(sys.executable).parent / "mlflow")
 EXPERIMENT = "msdn-synthetic-val"
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class MlflowServer:
-    """A real tracking server on loopback with a SQLite backend, stoppable and restartable."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.port = free_port()
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        log = open(self.workdir / "mlflow_server.log", "a")
-        self.proc = subprocess.Popen(
-            [MLFLOW, "server", "--backend-store-uri", f"sqlite:///{self.workdir / 'server.db'}",
-             "--default-artifact-root", str(self.workdir / "mlartifacts"), "--host", "127.0.0.1",
-             "--port", str(self.port), "--workers", "1"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(self.uri + "/health", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except (OSError, http.client.HTTPException):  # not up yet, or another service's port
-                time.sleep(0.5)
-        raise RuntimeError(f"mlflow server did not come up; see {self.workdir / 'mlflow_server.log'}")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=30)
-        self.proc = None
 
 
 @pytest.fixture
