@@ -344,10 +344,10 @@ def ensure_synthetic(data_root: str | Path, seed: int = 0, progress: Progress = 
                 os.replace(tmp, paths[key])
         _write_marker(root, seed, "complete", files)
         if progress:
-            progress(f"synthetic benchmark: {arrays.labels.size} images, {NUM_CLASSES} classes "
-                     f"({NUM_SEEN} seen = {NUM_TRAIN} train + {NUM_SEEN - NUM_TRAIN} val, "
-                     f"{NUM_CLASSES - NUM_SEEN} unseen), {NUM_ATTRIBUTES} attributes, {GRID}x{GRID} regions x "
-                     f"{CHANNELS} channels, written in {time.perf_counter() - start:.1f} s")
+            progress(f"synthetic benchmark written in {time.perf_counter() - start:.1f} s: {arrays.labels.size} images, "
+                     f"{NUM_CLASSES} classes ({NUM_SEEN} seen = {NUM_TRAIN} train + {NUM_SEEN - NUM_TRAIN} val, "
+                     f"{NUM_CLASSES - NUM_SEEN} unseen),\n  {NUM_ATTRIBUTES} attributes, {GRID}x{GRID} regions x "
+                     f"{CHANNELS} channels")
     return out_dir
 
 

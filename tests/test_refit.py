@@ -159,7 +159,7 @@ def test_refit_child_runs_are_logged_once_even_when_logged_again_on_resume(tmp_p
     runs = tracking.child_runs(uri, experiment_id, parent_id)
     assert len(runs) == 1
     run = runs[0]
-    assert run.info.status == "FINISHED" and run.info.run_name == "refit-baseline-seed5"
+    assert run.info.status == "FINISHED" and run.info.run_name == "refit authors seed=5"
     assert run.data.tags[tracking.STUDY_TAG] == "refit" and run.data.tags[REFIT_NAME_TAG] == "baseline-seed5"
     assert (run.data.tags[REFIT_CONFIG_TAG], run.data.tags[REFIT_SEED_TAG]) == ("baseline", "5")
     assert run.data.params["lr"] == str(DATASET_DEFAULTS["synthetic"]["lr"]) and run.data.params["epochs"] == "10"
@@ -193,7 +193,7 @@ def test_best_config_retrains_the_refit_exactly_and_its_checkpoint_evaluates_to_
     # it names the refit it repeats, its figures, and how to get them bit for bit (its device and threads)
     header = exported.read_text()
     assert f"refit with this seed ({result.checkpoint}) reached test S={result.metrics['S']:.4f}" in header
-    assert "OMP_NUM_THREADS=1 python -m msdn.train --config best_config.yaml --dataset synthetic --device cpu" in header
+    assert "OMP_NUM_THREADS=1 python -m msdn.train --dataset synthetic --device cpu --config best_config.yaml" in header
     # the file holds every field the refit trained with, and msdn.train reads it back to the same TrainConfig
     read = overrides_from_yaml(exported)
     assert set(read) == set(spec.train_config) and TrainConfig(**read) == TrainConfig(**spec.train_config)

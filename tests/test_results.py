@@ -120,9 +120,11 @@ def test_summary_and_end_lines(space, tmp_path):
     assert lines[0] == "\n2 trials: 1 completed, 1 errored"
     assert lines[1].startswith("best trial c at epoch 2: H=0.7000")
     assert lines[2] == "TEST (refit on trainval, 2 epochs, gamma=0.50): S=0.5000 U=0.5000 H=0.5000 ZSL=0.5000"
-    assert "best configuration: /r/msdn/best_config.yaml   (OMP_NUM_THREADS=1 python -m msdn.train --config " \
-           "/r/msdn/best_config.yaml --dataset synthetic --device cpu)" in lines  # the refit's device and threads
-    assert lines[-1].startswith("MLflow:  mlflow ui --backend-store-uri sqlite:///x.db")
+    at = lines.index("best configuration: /r/msdn/best_config.yaml")
+    assert lines[at + 1] == ("  rerun it: OMP_NUM_THREADS=1 python -m msdn.train --dataset synthetic --device cpu "
+                             "--config /r/msdn/best_config.yaml")  # the refit's device and threads
+    assert lines[-2:] == ["MLflow:  mlflow ui --backend-store-uri sqlite:///x.db", "         (experiment 'msdn-synthetic-val')"]
+    assert all(len(line) <= 120 for text in lines for line in text.splitlines())
 
 
 def refit(config: str, seed: int, H: float, epochs: int = 2) -> RefitResult:
@@ -130,19 +132,35 @@ def refit(config: str, seed: int, H: float, epochs: int = 2) -> RefitResult:
     return RefitResult(metrics=metrics, epochs=epochs, seed=seed, train_time=1.0, curve={}, config=config)
 
 
+def test_a_long_command_breaks_before_its_last_option_and_still_pastes_as_one():
+    from msdn.study.report import command_lines
+
+    assert command_lines("  run: ", "python -m msdn.train --config a.yaml", width=80) == [
+        "  run: python -m msdn.train --config a.yaml"]
+    long = "python -m msdn.train --dataset cub --config /" + "x" * 80 + "/best_config.yaml"
+    first, second = command_lines("  run: ", long, width=80)
+    assert first == "  run: python -m msdn.train --dataset cub \\" and second.strip() == long[long.rfind("--config"):]
+    import shlex
+    assert shlex.split((first + "\n" + second).replace("\\\n", " "))[-2:] == ["--config", long.split()[-1]]
+
+
 def test_refit_table_shows_each_configuration_over_seeds_and_the_paired_delta():
     refits = Refits(tuned=[refit(TUNED, s, H) for s, H in ((1, 0.62), (2, 0.58), (3, 0.66))],
                     baseline=[refit(BASELINE, s, H, 10) for s, H in ((1, 0.50), (2, 0.49), (3, 0.53))])
-    header, columns, tuned, authors, delta = refit_lines(refits)
-    assert header.startswith("TEST (refit on trainval, each tested once; seeds 1, 2, 3;")
-    assert columns.split() == ["epochs", "S", "U", "H", "ZSL"]
-    # H of the tuned configuration: mean 62.00, sd 4.00, t interval 62 ± 4.303 * 4 / sqrt(3) = [52.06, 71.94]
-    assert tuned.split()[:2] == ["tuned", "2"] and "62.00 ± 4.00 [52.06, 71.94]" in tuned
-    assert authors.split()[:2] == ["authors'", "10"] and "50.67 ± 2.08" in authors
+    lines = refit_lines(refits)
+    assert lines[:2] == ["TEST (refit on trainval, each tested once; seeds 1, 2, 3)",
+                         "  accuracies in %, mean ± sd [95% t interval over the seeds]:"]
+    columns, S, U, H, zsl, delta, verdict = lines[2:]
+    assert columns.split() == ["tuned", "(2", "epochs)", "authors'", "(10", "epochs)"]
+    assert [row.split()[0] for row in (S, U, H, zsl)] == ["S", "U", "H", "ZSL"]
+    # H of the tuned configuration: mean 62.00, sd 4.00, t interval 62 ± 4.303 * 4 / sqrt(3) = [52.06, 71.94];
+    # the authors': 50.67 ± 2.08
+    assert H.split()[0] == "H" and "62.00 ± 4.00 [52.06, 71.94]" in H and H.index("62.00") < H.index("50.67 ± 2.08")
     # per-seed differences 12, 9, 13: mean 11.33, interval 11.33 ± 4.303 * 2.08 / sqrt(3) = [6.16, 16.50]
-    assert delta.startswith("delta H (tuned - authors', paired by seed): +11.33 points, 95% interval [+6.16, +16.50]")
-    assert delta.endswith("the tuned configuration is better")
-    assert len({len(line) for line in (columns, tuned, authors)}) == 1  # aligned columns
+    assert delta == "delta H (tuned - authors', paired by seed): +11.33 points, 95% interval [+6.16, +16.50]"
+    assert verdict == "  (t interval of the 3 per-seed differences): the tuned configuration is better"
+    assert len({len(line) for line in (columns, S, U, H, zsl)}) == 1  # aligned columns
+    assert all(len(line) <= 100 for line in lines)
     close = Refits(tuned=[refit(TUNED, 1, 0.60), refit(TUNED, 2, 0.50)],
                    baseline=[refit(BASELINE, 1, 0.55), refit(BASELINE, 2, 0.52)])
     assert refit_lines(close)[-1].endswith("no clear difference at this number of seeds")
@@ -151,8 +169,8 @@ def test_refit_table_shows_each_configuration_over_seeds_and_the_paired_delta():
     assert single == ["TEST (refit on trainval, 2 epochs, gamma=1.50): S=0.5500 U=0.4500 H=0.5000 ZSL=0.6000",
                       "TEST, authors' configuration (refit on trainval, 10 epochs, gamma=1.50): S=0.5000 U=0.4000 "
                       "H=0.4500 ZSL=0.6000",
-                      "delta H (tuned - authors', same seed): +5.00 points (one seed: no interval; --refit-seeds 3 or "
-                      "more gives one)"]
+                      "delta H (tuned - authors', same seed): +5.00 points",
+                      "  (one seed: no interval; --refit-seeds 3 or more gives one)"]
     assert refit_lines(Refits(tuned=[refit(TUNED, 1, 0.5)]))[1:] == []
 
 

@@ -173,7 +173,8 @@ def test_ctrl_c_during_the_refits_keeps_the_finished_ones_and_resume_runs_only_t
         assert f"refit {name} (" in out.stdout and (refits / name / "result.json").stat().st_mtime_ns == mtime
     assert out.stdout.count("[found in the study's storage: not run again]") == len(finished)
     table = out.stdout[out.stdout.index("TEST (refit"):]
-    assert "\n  tuned " in table and "\n  authors' " in table and "delta H (tuned - authors', paired by seed)" in table
+    assert " tuned (" in table and " authors' (" in table and "\n  H " in table
+    assert "delta H (tuned - authors', paired by seed)" in table
 
     client, parents, children = runs(tmp_path)
     parent = parents[0]

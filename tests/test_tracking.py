@@ -1,16 +1,23 @@
 """The MLflow callback's bookkeeping, driven by hand: a real SQLite store, fake trials, no Ray study.
 
 Tune calls the callback's hooks; here the tests call them in the orders Tune does (start, results,
-complete / error / recover, a resumed driver) and read the store back.
+complete / error / recover, a resumed driver) and read the store back. Then the parent run's description
+(`parent.study_description`, exact markdown for each way a study ends) and its logging.
 """
 from __future__ import annotations
 
+import dataclasses
 import pickle
 from pathlib import Path
 
 import pytest
 
 from msdn.study import tracking
+from msdn.study.options import StudyOptions
+from msdn.study.report import refit_lines
+from msdn.study.results import BASELINE, TUNED, RefitResult, Refits, StudyResult, TrialSummary
+from msdn.study.search_space import load_search_space
+from msdn.study.tracking.parent import NOTE_TAG, end_parent_run, log_description, study_description
 from msdn.study.tracking.writer import TrackingWriter
 
 MAX_EPOCHS = 3
@@ -19,9 +26,10 @@ MAX_EPOCHS = 3
 class FakeTrial:
     """What the callback reads from a Tune trial."""
 
-    def __init__(self, trial_id: str, config: dict, error_file: str | None = None) -> None:
+    def __init__(self, trial_id: str, config: dict, error_file: str | None = None, number: int = 1) -> None:
         self.trial_id = trial_id
         self.config = config
+        self.experiment_tag = f"{number}_" + ",".join(f"{k}={v}" for k, v in config.items())  # as Tune's
         self.last_result: dict = {}
         self.error_file = error_file
 
@@ -93,7 +101,8 @@ def steps(study, run, metric: str = "H") -> list[int]:
 
 def test_one_child_run_per_trial_with_params_metrics_and_final_state(study, writers):
     cb = callback(study, writers)
-    full, early = FakeTrial("t1", {"lr": 5e-4, "momentum": 0.9}), FakeTrial("t2", {"lr": 1e-3, "momentum": 0.0})
+    full = FakeTrial("t1", {"lr": 5e-4, "momentum": 0.9}, number=1)
+    early = FakeTrial("t2", {"lr": 1e-3, "momentum": 0.0}, number=2)
     for trial in (full, early):
         cb.on_trial_start(0, [], trial)
     for epoch in range(1, MAX_EPOCHS + 1):
@@ -109,9 +118,9 @@ def test_one_child_run_per_trial_with_params_metrics_and_final_state(study, writ
         assert run.data.tags[tracking.PARENT_TAG] == study[2]
         assert run.data.tags[tracking.STUDY_TAG] == "trial" and run.data.tags["dataset"] == "synthetic"
         assert run.info.status == "FINISHED"
-        assert run.info.run_name == f"train_msdn_{trial_id}"
         assert run.data.tags["placement.host"] == "node-a" and run.data.tags["placement.node_id"] == "abc"
     t1, t2 = runs["t1"], runs["t2"]
+    assert (t1.info.run_name, t2.info.run_name) == ("t01 lr=5.0e-4 mom=0.90", "t02 lr=1.0e-3 mom=0")
     assert t1.data.params == {"lr": "0.0005", "momentum": "0.9"}
     assert (t1.data.tags["trial_state"], t1.data.tags["epochs_trained"]) == ("completed", "3")
     assert (t2.data.tags["trial_state"], t2.data.tags["epochs_trained"]) == ("stopped_early", "1")
@@ -128,6 +137,9 @@ def test_resumed_driver_continues_each_trials_run_without_repeating_epochs(study
     report(first, trial, 1)
     report(first, trial, 2)
     sync(first)
+    assert children(study)["t1"].info.run_name == "t01 lr=5.0e-4"
+    # a run begun under another name (an older version of the study) keeps it: a resume never renames
+    tracking.client(study[0]).update_run(children(study)["t1"].info.run_id, name="train_msdn_t1")
     # Tune pickles callbacks with the experiment: no writer, thread or run bookkeeping goes with it
     restored = pickle.loads(pickle.dumps(first))
     assert not isinstance(restored, tracking.MLflowStudyCallback)
@@ -141,6 +153,7 @@ def test_resumed_driver_continues_each_trials_run_without_repeating_epochs(study
 
     runs = children(study)
     assert list(runs) == ["t1"]  # the same run, not a second one
+    assert runs["t1"].info.run_name == "train_msdn_t1"
     assert steps(study, runs["t1"]) == [1, 2, 3]
     assert runs["t1"].data.tags["trial_state"] == "completed" and runs["t1"].info.status == "FINISHED"
 
@@ -271,3 +284,164 @@ def test_reconcile_completes_runs_from_tunes_results_after_a_hard_kill(study, wr
     assert set(runs) == {"t1"}  # t9's run is deleted: it is not a trial of the restored study
     assert steps(study, runs["t1"]) == [1, 2, 3]
     assert runs["t1"].info.status == "FINISHED" and runs["t1"].data.tags["trial_state"] == "completed"
+
+
+# -- the parent run's description (tracking/parent.py: study_description, log_description) ------------------------
+REPO = Path(__file__).resolve().parents[1]
+BEST_RUN = "t02 lr=3.1e-4 λdis=2.0e-3 λcal=0.12"
+PROTOCOL = ("- **Protocol:** val: trials train on train classes and report validation metrics; the best is refit and "
+            "tested once")
+BEST_LINES = [
+    f"- **Best trial:** `{BEST_RUN}` (trial_id 6b63844f), epoch 3 of 4 trained: validation H_grid = 0.4123 "
+    "(S_grid 0.6000, U_grid 0.3100)",
+    "- **Best configuration:** `lambda_dis=2.01e-3`, `lambda_cal=0.123`, `lr=3.12e-4`, `lr_v_factor=1.23`, "
+    "`weight_decay=1.00e-4`, `momentum=0.900`, `alpha=0.850`, `gamma=2.30`",
+]
+
+
+def described(**changes):
+    """(StudyResult, StudyOptions, SearchSpace) of a finished synthetic study with one tuned refit, then `changes`."""
+    space_file = REPO / "search_spaces" / "synthetic.yaml"
+    opts = StudyOptions(dataset="synthetic", search_space=space_file, experiment="msdn-synthetic-val", num_samples=3)
+    params = {"lambda_dis": 0.0020137, "lambda_cal": 0.12345, "lr": 0.00031234, "lr_v_factor": 1.234,
+              "weight_decay": 0.0001, "momentum": 0.9, "alpha": 0.85, "gamma": 2.3}
+    best = TrialSummary("6b63844f", "completed", 4, params, best_epoch=3,
+                        best={"H_grid": 0.41234, "S_grid": 0.6, "U_grid": 0.31, "S": 0.5, "U": 0.3, "H": 0.375,
+                              "training_iteration": 3})
+    refit = RefitResult(metrics={"S": 0.6, "U": 0.5, "H": 0.5, "zsl_acc": 0.55, "gamma": 2.3}, epochs=3, seed=3,
+                        train_time=3.0, curve={}, config=TUNED)
+    result = StudyResult("results/msdn-synthetic-val", "sqlite:///mlflow.db", "1", "parent", trials=[best], best=best,
+                         refits=Refits([refit]), best_config_path="results/msdn-synthetic-val/best_config.yaml")
+    for key, value in changes.items():
+        setattr(result, key, value)
+    return result, opts, load_search_space(space_file, "synthetic")
+
+
+def test_description_of_a_completed_study_with_one_refit():
+    text = study_description(*described(), "completed", {"completed": 1, "stopped_early": 2, "running": 0}, BEST_RUN)
+    assert text.splitlines() == [
+        "**Study `msdn-synthetic-val` on synthetic: completed**",
+        "",
+        "- **Trials:** 3 (1 completed, 2 stopped_early, 0 errored, 0 interrupted)",
+        *BEST_LINES,
+        "- **best_config.yaml:** `results/msdn-synthetic-val/best_config.yaml`",
+        PROTOCOL,
+        "",
+        "**Test** (refits on trainval, each tested once: the study's one look at the test split):",
+        "",
+        "```text",
+        "TEST (refit on trainval, 3 epochs, gamma=2.30): S=0.6000 U=0.5000 H=0.5000 ZSL=0.5500",
+        "```",
+    ]
+
+
+def test_description_gives_the_refits_intervals_and_the_paired_difference_as_the_report_does():
+    def refit(config, seed, H):
+        return RefitResult(metrics={"S": 0.6, "U": 0.5, "H": H, "zsl_acc": 0.55, "gamma": 2.0}, seed=seed,
+                           epochs=3 if config == TUNED else 10, train_time=3.0, curve={}, config=config)
+
+    refits = Refits([refit(TUNED, s, h) for s, h in ((3, .50), (8, .52), (9, .49))],
+                    [refit(BASELINE, s, h) for s, h in ((3, .45), (8, .47), (9, .46))])
+    text = study_description(*described(refits=refits), "completed", {"completed": 3}, BEST_RUN)
+    block = text.split("```text\n")[1].split("\n```")[0].splitlines()
+    assert block == refit_lines(refits)
+    assert block[0] == "TEST (refit on trainval, each tested once; seeds 3, 8, 9)"
+    assert block[2].split() == ["tuned", "(3", "epochs)", "authors'", "(10", "epochs)"]
+    assert block[3].split()[:3] == ["S", "60.00", "±"]
+    assert block[-2] == "delta H (tuned - authors', paired by seed): +4.33 points, 95% interval [+1.46, +7.20]"
+
+
+def test_description_of_a_study_interrupted_during_the_trials_says_what_is_missing():
+    result = described(best=None, refits=None, best_config_path=None, interrupted=True)
+    text = study_description(*result, "interrupted", {"completed": 1, "interrupted": 1})
+    assert text.splitlines() == [
+        "**Study `msdn-synthetic-val` on synthetic: interrupted**",
+        "",
+        "- **Missing:** the best configuration and the test result: the trials did not finish. Continue it with the "
+        "same command plus `--resume`.",
+        "- **Trials:** 2 of 3 (1 completed, 0 stopped_early, 0 errored, 1 interrupted)",
+        PROTOCOL,
+    ]
+
+
+def test_description_of_a_study_interrupted_during_the_refits_keeps_the_best_configuration():
+    text = study_description(*described(refits=None, best_config_path=None, interrupted=True), "interrupted",
+                             {"completed": 1, "stopped_early": 2}, BEST_RUN)
+    assert text.splitlines() == [
+        "**Study `msdn-synthetic-val` on synthetic: interrupted**",
+        "",
+        "- **Missing:** the test result: the refits did not finish (the finished ones are kept). Continue it with "
+        "the same command plus `--resume`.",
+        "- **Trials:** 3 (1 completed, 2 stopped_early, 0 errored, 0 interrupted)",
+        *BEST_LINES,
+        PROTOCOL,
+    ]
+
+
+def test_description_of_a_failed_study_names_the_error_on_one_line():
+    error = ("StudyFailed: every trial failed; the first error:\nTraceback (most recent call last):\n  ...\n"
+             "ValueError: nan")
+    text = study_description(*described(best=None, refits=None, best_config_path=None), "failed",
+                             {"errored": 3, "retrying": 1}, error=error)
+    assert text.splitlines()[2:4] == [
+        "- **Failed:** StudyFailed: every trial failed; the first error: … ValueError: nan",
+        "- **Trials:** 4 of 3 (0 completed, 0 stopped_early, 3 errored, 0 interrupted, 1 retrying)",
+    ]
+
+
+def test_description_without_a_refit():
+    result, opts, space = described(refits=None)
+    text = study_description(result, opts, space, "completed", {"completed": 3}, BEST_RUN)
+    assert text.splitlines()[-2:] == ["", "**Test:** not run (`--no-refit`)."]
+    opts.protocol = "paper"
+    lines = study_description(result, opts, space, "completed", {"completed": 3}, BEST_RUN).splitlines()
+    assert lines[-3].startswith("- **Protocol:** paper: trains on trainval and reports TEST metrics every epoch")
+    assert "epoch 3 of 4 trained: test (paper protocol: selected on test) H_grid = 0.4123" in lines[3]
+    assert lines[-1] == ("**Test:** no refit under the paper protocol: the figures above are test-split figures "
+                         "selected on the test split (as published).")
+
+
+def test_description_gives_the_figures_that_go_with_the_study_metric():
+    result, opts, space = described()
+    result.best.best["loss"] = 1.25
+    for metric, figures in (("H", "H = 0.3750 (S 0.5000, U 0.3000)"),
+                            ("loss", "loss = 1.2500 (S 0.5000, U 0.3000, H 0.3750)")):
+        text = study_description(result, opts, dataclasses.replace(space, metric=metric), "completed", {}, BEST_RUN)
+        assert f"epoch 3 of 4 trained: validation {figures}\n" in text
+
+
+def test_log_description_sets_the_parent_runs_description_from_its_trial_runs(study, writers):
+    cb = callback(study, writers)
+    trials = [FakeTrial("6b63844f", {"lr": 3.1234e-4, "lambda_dis": 0.002}, number=2),
+              FakeTrial("aaaa0001", {"lr": 1e-3, "lambda_dis": 0.001}, number=1)]
+    for trial in trials:
+        cb.on_trial_start(0, [], trial)
+        report(cb, trial, 1)
+    cb.on_trial_complete(0, [], trials[0])
+    cb.close_open_runs("KILLED")
+    result, opts, space = described(experiment_id=study[1], parent_run_id=study[2], refits=None)
+
+    def description(state: str | None, raised: BaseException | None = None) -> list[str]:
+        """What the runner does as a study ends: end the parent run (`state`), then, in its `finally`, describe it."""
+        if state is not None:
+            end_parent_run(cb.writer, study[2], "FINISHED", study_state=state)
+        try:
+            if raised is not None:
+                raise raised
+        except BaseException:
+            log_description(cb.writer, result, opts, space)
+        else:
+            log_description(cb.writer, result, opts, space)
+        sync(cb)
+        return tracking.client(study[0]).get_run(study[2]).data.tags[NOTE_TAG].splitlines()
+
+    lines = description(None)  # no study_state tag: the state follows from the result and the exception
+    assert lines[0] == "**Study `msdn-synthetic-val` on synthetic: completed**"
+    assert lines[2] == "- **Trials:** 2 of 3 (0 completed, 1 stopped_early, 0 errored, 1 interrupted)"
+    assert lines[3].startswith("- **Best trial:** `t02 lr=3.1e-4 λdis=2.0e-3` (trial_id 6b63844f)")
+    lines = description("failed", RuntimeError("the refit t01 failed"))
+    assert lines[0] == "**Study `msdn-synthetic-val` on synthetic: failed**"
+    assert lines[2] == "- **Failed:** RuntimeError: the refit t01 failed"
+    # the state is the one the runner recorded, even when the runner itself runs while another exception is handled
+    assert description("completed", ValueError("a caller's own error"))[0].endswith(": completed**")
+    assert description("interrupted")[0].endswith(": interrupted**")

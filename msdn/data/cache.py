@@ -83,8 +83,8 @@ def _build_cache(hdf5: Path, final: Path, shape: tuple[int, int, int, int], prog
     r = h * w
     chunk = max(1, min(CACHE_CHUNK_MAX, CACHE_CHUNK_BYTES // max(1, c * r * 4)))
     say = progress or (lambda _msg: None)
-    say(f"building float16 feature cache {final} from {hdf5} ({n} images, {c}x{h}x{w} -> {r}x{c}, "
-        f"{n * r * c * 2 / 2**30:.2f} GiB)")
+    say(f"building float16 feature cache ({n} images, {c}x{h}x{w} -> {r}x{c}, {n * r * c * 2 / 2**30:.2f} GiB)\n"
+        f"  from {hdf5}\n  to   {final}")
     start = time.perf_counter()
     last_report = start
     hasher = _BlockHasher(DIGEST_BLOCK_BYTES)

@@ -14,16 +14,20 @@ from msdn.progress import Progress
 from msdn.study.options import S3_ENVIRONMENT, StudyError, StudyOptions, is_uri
 
 
-def connect_ray(address: str | None) -> None:
-    """Join the cluster at `address`, or start a local Ray when it is None (once per process)."""
+def connect_ray(address: str | None, log_to_driver: bool = True) -> str | None:
+    """Join the cluster at `address`, or start a local Ray when it is None (once per process).
+
+    Returns Ray's session folder (its logs are under it), or None when this process had joined Ray before.
+    """
     import ray
 
     if ray.is_initialized():
-        return
+        return None
     if address:
-        ray.init(address=address, log_to_driver=True)
+        context = ray.init(address=address, log_to_driver=log_to_driver)
     else:
-        ray.init(include_dashboard=False, log_to_driver=True)
+        context = ray.init(include_dashboard=False, log_to_driver=log_to_driver)
+    return (getattr(context, "address_info", None) or {}).get("session_dir")
 
 
 def trial_resources(opts: StudyOptions) -> dict[str, float]:

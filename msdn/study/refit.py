@@ -223,8 +223,8 @@ def run_refits(opts: StudyOptions, specs: list[RefitSpec], resources: dict[str, 
     show = progress or (lambda _message: None)
     tuned = sum(s.config == TUNED for s in specs)
     also = " and the authors' configuration with the same seeds" if len(specs) > tuned else ""
-    show(f"\nrefit: training the chosen configuration with {tuned} seed(s){also} on trainval, then evaluating each "
-         f"once on the test split ({len(specs)} Ray tasks; results in {store.root})")
+    show(f"\nrefit: training the chosen configuration with {tuned} seed(s){also} on trainval,\n"
+         f"  then evaluating each once on the test split ({len(specs)} Ray tasks; results in {store.root})")
     results: dict[str, RefitResult] = {}
     for spec in specs:
         stored = store.load(spec)
@@ -262,12 +262,13 @@ def run_refits(opts: StudyOptions, specs: list[RefitSpec], resources: dict[str, 
 
 
 def repeat_command(path: str, dataset: str, refit: RefitResult | None = None) -> str:
-    """The command that trains `path` (a best_config.yaml); given the refit it repeats, on its device and threads."""
-    command = f"python -m msdn.train --config {path} --dataset {dataset}"
+    """The command that trains `path` (a best_config.yaml); given the refit it repeats, on its device and threads.
+
+    The path comes last, so that a printed command too long for a line breaks before it (report.command_lines)."""
     if refit is None:
-        return command
+        return f"python -m msdn.train --dataset {dataset} --config {path}"
     device = "cpu" if refit.device == "cpu" else "cuda"
-    return f"OMP_NUM_THREADS={refit.threads} {command} --device {device}"
+    return f"OMP_NUM_THREADS={refit.threads} python -m msdn.train --dataset {dataset} --device {device} --config {path}"
 
 
 def best_config_text(train_config: dict[str, Any], experiment: str, refit: RefitResult | None) -> str:

@@ -6,47 +6,115 @@ of the tuned and the authors' configuration over seeds, and their paired differe
 """
 from __future__ import annotations
 
-import json
+import textwrap
 from typing import Any, Sequence
 
-from msdn.study.options import StudyOptions
+from msdn.study.options import StudyOptions, experiment_path
 from msdn.study.refit import repeat_command
 from msdn.study.results import BASELINE, REFIT_KEYS, TUNED, Refits, StudyResult, TrialSummary
 from msdn.study.stats import Interval
-from msdn.study.search_space import SearchSpace
+from msdn.study.search_space import METRICS, SearchSpace
 
+WIDTH = 100  # the widest line the report wraps its own text to (paths and commands are not broken)
+COMMAND_WIDTH = 120  # a command to paste stays whole up to this width (then it breaks before its last option)
 # Columns of the top-trials table after the parameters: (result key, header, shown as a percentage).
 METRIC_COLUMNS = (("S", "S", True), ("U", "U", True), ("H", "H", True),
                   ("H_best_gamma", "H@best-gamma", True), ("best_gamma", "best-gamma", False))
 
 
-def study_header(opts: StudyOptions, space: SearchSpace) -> list[str]:
-    """The lines that open a study: what runs on which protocol, and the search space."""
-    label = " [paper protocol: metrics are TEST metrics every epoch, as the authors; selection on test]" \
-        if opts.protocol == "paper" else " [validation protocol: trials never see the test split]"
+def study_header(opts: StudyOptions, space: SearchSpace, log_file: str | None = None) -> list[str]:
+    """The lines that open a study: what runs on which protocol, the search space, where its files go."""
+    protocol = ("paper protocol: metrics are TEST metrics every epoch, as the authors; selection on test"
+                if opts.protocol == "paper" else "validation protocol: trials never see the test split")
+    split = "test" if opts.protocol == "paper" else "validation"
+    lines = [
+        *_wrap(f"study {opts.experiment!r} on {opts.dataset}, {protocol}", indent=""),
+        f"search space {space.path}",
+        *_wrap(f"{len(space.param_names)} parameters: {', '.join(space.param_names)}"),
+        f"  metric {space.metric} ({space.mode}); ASHA max_t={opts.max_epochs} grace={space.asha.grace_period} "
+        f"rf={space.asha.reduction_factor}",
+        *_wrap(f"settings grid, chosen after every epoch on the {split} split: {space.describe_grid()}"),
+        f"results: {experiment_path(opts)}",
+    ]
+    if log_file:
+        shown = "also shown here (-v)" if opts.verbose else "-v shows them here too"
+        lines.append(f"log:     {log_file}")
+        lines.append(f"         (Ray, Tune, MLflow and Optuna lines; {shown})")
+    return lines
+
+
+def start_lines(opts: StudyOptions, resources: dict[str, float], concurrency: int, experiment_id: str,
+                parent_run_id: str) -> list[str]:
+    """The lines once Ray and MLflow are up: the MLflow run, and how many trials run at once on what."""
+    budget = opts.num_samples * opts.max_epochs
     return [
-        f"study {opts.experiment!r} on {opts.dataset}{label}",
-        f"search space {space.path}: {', '.join(space.param_names)}; metric {space.metric} ({space.mode}); "
-        f"ASHA max_t={opts.max_epochs} grace={space.asha.grace_period} rf={space.asha.reduction_factor}",
-        f"settings grid, chosen after every epoch on the {'test' if opts.protocol == 'paper' else 'validation'} "
-        f"split: {space.describe_grid()}",
+        f"MLflow:  {opts.mlflow_uri}, experiment {opts.experiment!r} (id {experiment_id})",
+        f"         parent run {parent_run_id}",
+        f"trials:  {opts.num_samples}, each at most {opts.max_epochs} epochs (ASHA stops some early: "
+        f"≤{budget} trial-epochs)",
+        f"         {concurrency} at a time, each on {_fmt(resources['cpu'])} CPU and {_fmt(resources['gpu'])} GPU",
     ]
 
 
-def format_table(trials: Sequence[TrialSummary], space: SearchSpace, top: int = 10) -> str:
-    """The `top` trials by their best epoch's study metric, best first; accuracies in %."""
+def command_lines(prefix: str, command: str, width: int = COMMAND_WIDTH) -> list[str]:
+    """`prefix + command` on one line, or, when wider than `width`, broken before its last option with a
+    shell line continuation, so that it still pastes as one command."""
+    cut = command.rfind(" --")
+    if len(prefix) + len(command) <= width or cut <= 0:
+        return [prefix + command]
+    return [f"{prefix}{command[:cut]} \\", " " * (len(prefix) + 4) + command[cut + 1:]]
+
+
+def wrap_lines(text: str, width: int = WIDTH) -> list[str]:
+    """`text` as lines of at most `width` columns, the later ones indented."""
+    return _wrap(text, width, indent="")
+
+
+def _wrap(text: str, width: int = WIDTH, indent: str = "  ") -> list[str]:
+    """`text` as indented lines of at most `width` columns (a long word, such as a path, is not broken)."""
+    return textwrap.wrap(text, width=width, initial_indent=indent, subsequent_indent=indent + "  ",
+                         break_long_words=False, break_on_hyphens=False)
+
+
+def format_table(trials: Sequence[TrialSummary], space: SearchSpace, top: int = 10, width: int | None = None) -> str:
+    """The `top` trials by their best epoch's study metric, best first; accuracies in %.
+
+    With `width`, a table wider than that is shown as two: the ranks with the metrics, then the ranks with
+    the parameters (in more than one table if they do not fit either).
+    """
     names = list(space.param_names)
-    scored = [t for t in trials if t.best is not None]
-    scored.sort(key=lambda t: t.best[space.metric], reverse=space.mode == "max")
-    header = ["#", "state", "epochs"] + names + [title for _, title, _ in METRIC_COLUMNS]
-    lines = [header]
-    for i, t in enumerate(scored[:top], 1):
-        lines.append([str(i), t.state, f"{t.best_epoch}/{t.epochs}"]
-                     + [_fmt(t.params.get(n)) for n in names]
-                     + [f"{100 * t.best[key]:.2f}" if percent else f"{t.best[key]:.2f}"
-                        for key, _, percent in METRIC_COLUMNS])
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(line, widths)) for line in lines)
+    metrics = list(METRIC_COLUMNS)
+    if space.metric not in {key for key, _, _ in metrics}:  # the metric that ranks the trials, shown first
+        metrics.insert(0, (space.metric, _title(space.metric), METRICS.get(space.metric) == "max"))
+    ranked = [t for t in trials if t.best is not None]
+    ranked.sort(key=lambda t: t.best[space.metric], reverse=space.mode == "max")
+    lead = ["#", "state", "epochs"]
+    rows = [lead + names + [title for _, title, _ in metrics]]
+    for i, t in enumerate(ranked[:top], 1):
+        rows.append([str(i), t.state, f"{t.best_epoch}/{t.epochs}"]
+                    + [_fmt(t.params.get(n)) for n in names]
+                    + [f"{100 * t.best[key]:.2f}" if percent else f"{t.best[key]:.2f}"
+                       for key, _, percent in metrics])
+    if width is None or len(_aligned(rows)[0]) <= width:
+        return "\n".join(_aligned(rows))
+    n_lead, n_params = len(lead), len(names)
+    blocks = [list(range(n_lead)) + list(range(n_lead + n_params, len(rows[0]))), [0]]
+    for i in range(n_lead, n_lead + n_params):  # parameters after the rank, as many per table as fit
+        if len(blocks[-1]) > 1 and len(_aligned([[row[j] for j in blocks[-1] + [i]] for row in rows])[0]) > width:
+            blocks.append([0])
+        blocks[-1].append(i)
+    blocks = [block for block in blocks if len(block) > 1]
+    return "\n\n".join("\n".join(_aligned([[row[j] for j in block] for row in rows])) for block in blocks)
+
+
+def _aligned(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in rows]
+
+
+def _title(metric: str) -> str:
+    """H_grid -> H@grid: a result key as a column title, as Tune's table and the report's other columns."""
+    return metric.replace("_", "@", 1).replace("_", "-")
 
 
 def _fmt(value: Any) -> str:
@@ -92,7 +160,8 @@ def end_lines(result: StudyResult, opts: StudyOptions, space: SearchSpace) -> li
     lines = [
         f"\n{len(result.trials)} trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())),
         f"best trial {best.trial_id} at epoch {best.best_epoch}: {space.metric}={b[space.metric]:.4f} "
-        f"(S={b['S']:.4f} U={b['U']:.4f} H={b['H']:.4f}); params {json.dumps(best.params, default=str)}",
+        f"(S={b['S']:.4f} U={b['U']:.4f} H={b['H']:.4f})\n"
+        + "\n".join(_wrap("params " + " ".join(f"{k}={_fmt(v)}" for k, v in best.params.items()))),
     ]
     lines.extend(grid_lines(b, opts.protocol))
     if result.refits:
@@ -101,21 +170,22 @@ def end_lines(result: StudyResult, opts: StudyOptions, space: SearchSpace) -> li
         lines.append("paper protocol: the figures above are test-split figures selected on the test split (as published)")
     lines.append(f"results: {result.experiment_path}")
     if result.best_config_path:
-        lines.append(f"best configuration: {result.best_config_path}   "
-                     f"({repeat_command(result.best_config_path, opts.dataset, result.refit)})")
+        lines.append(f"best configuration: {result.best_config_path}")
+        lines.extend(command_lines("  rerun it: ", repeat_command(result.best_config_path, opts.dataset, result.refit)))
     if result.refit and result.refit.checkpoint:
-        lines.append(f"refit checkpoints: {result.refit.checkpoint.rsplit('/', 2)[0]}/<config>-seed<N>/checkpoint.pt   "
-                     f"(python -m msdn.evaluate --checkpoint FILE --dataset {opts.dataset})")
+        lines.append(f"refit checkpoints: {result.refit.checkpoint.rsplit('/', 2)[0]}/<config>-seed<N>/checkpoint.pt")
+        lines.append(f"  evaluate one: python -m msdn.evaluate --checkpoint FILE --dataset {opts.dataset}")
     from msdn.study.searcher import dashboard_command, journal_path  # Optuna and Ray: imported when a study ends
 
     journal = journal_path(result.experiment_path)
     if journal is not None:
-        lines.append(f"Optuna:  {dashboard_command(journal)}   (study {opts.experiment!r}; "
-                     f"pip install optuna-dashboard)")
+        lines.append(f"Optuna:  {dashboard_command(journal)}")
+        lines.append(f"         (study {opts.experiment!r}; pip install optuna-dashboard)")
     if result.tracking_uri.startswith(("http://", "https://")):
         lines.append(f"MLflow:  open {result.tracking_uri} (experiment {opts.experiment!r})")
     else:
-        lines.append(f"MLflow:  mlflow ui --backend-store-uri {result.tracking_uri}   (experiment {opts.experiment!r})")
+        lines.append(f"MLflow:  mlflow ui --backend-store-uri {result.tracking_uri}")
+        lines.append(f"         (experiment {opts.experiment!r})")
     return lines
 
 
@@ -129,8 +199,8 @@ def grid_lines(best: dict[str, Any], protocol: str) -> list[str]:
     if protocol == "paper":
         return [f"paper protocol, configured gamma={best['gamma']:.2f}: S={best['S']:.4f} U={best['U']:.4f} "
                 f"H={best['H']:.4f} (the epoch selected on TEST)",
-                f"paper protocol, settings grid {chosen} (alpha, gamma and epoch selected on TEST)"]
-    return [f"settings grid at the best epoch, chosen on validation: {chosen}; the refit uses this alpha and gamma"]
+                f"paper protocol, grid {chosen} (alpha, gamma and epoch selected on TEST)"]
+    return [f"settings grid at the best epoch, chosen on validation: {chosen}\n  (the refit uses this alpha and gamma)"]
 
 
 REFIT_HEADERS = {"S": "S", "U": "U", "H": "H", "zsl_acc": "ZSL"}
@@ -148,39 +218,40 @@ def _cell(interval: Interval) -> str:
     return f"{100 * interval.mean:.2f} ± {100 * interval.sd:.2f} [{100 * interval.low:.2f}, {100 * interval.high:.2f}]"
 
 
-def _delta_line(delta: Interval) -> str:
+def _delta_lines(delta: Interval) -> list[str]:
     if delta.n < 2:
-        return (f"delta H (tuned - authors', same seed): {100 * delta.mean:+.2f} points (one seed: no interval; "
-                f"--refit-seeds 3 or more gives one)")
+        return [f"delta H (tuned - authors', same seed): {100 * delta.mean:+.2f} points",
+                "  (one seed: no interval; --refit-seeds 3 or more gives one)"]
     verdict = ("the tuned configuration is better" if delta.low > 0 else "the authors' configuration is better"
                if delta.high < 0 else "no clear difference at this number of seeds")
-    return (f"delta H (tuned - authors', paired by seed): {100 * delta.mean:+.2f} points, 95% interval "
-            f"[{100 * delta.low:+.2f}, {100 * delta.high:+.2f}] (t interval of the {delta.n} per-seed differences): "
-            f"{verdict}")
+    return [f"delta H (tuned - authors', paired by seed): {100 * delta.mean:+.2f} points, 95% interval "
+            f"[{100 * delta.low:+.2f}, {100 * delta.high:+.2f}]",
+            f"  (t interval of the {delta.n} per-seed differences): {verdict}"]
 
 
 def refit_lines(refits: Refits) -> list[str]:
-    """The refits' test figures: one line per configuration with one seed; with more, a table of
-    mean ± sd [95% t interval] over seeds; then the paired difference of H, tuned minus authors'."""
+    """The refits' test figures: one line per configuration with one seed; with more, a table (a row per
+    metric, a column per configuration) of mean ± sd [95% t interval] over seeds; then the paired
+    difference of H, tuned minus authors'."""
     if len(refits.tuned) == 1:
         lines = [_single_line("TEST", refits.tuned[0])]
         if refits.baseline:
             lines.append(_single_line("TEST, authors' configuration", refits.baseline[0]))
     else:
         seeds = ", ".join(str(s) for s in refits.seeds)
-        lines = [f"TEST (refit on trainval, each tested once; seeds {seeds}; accuracies in %, mean ± sd [95% t "
-                 f"interval over seeds]):"]
-        rows = [["", "epochs", *REFIT_HEADERS.values()]]
-        for config, results in ((TUNED, refits.tuned), (BASELINE, refits.baseline)):
-            if results:
-                stats = refits.stats(config)
-                rows.append([CONFIG_LABELS[config], str(results[0].epochs), *(_cell(stats[k]) for k in REFIT_KEYS)])
+        lines = [f"TEST (refit on trainval, each tested once; seeds {seeds})",
+                 "  accuracies in %, mean ± sd [95% t interval over the seeds]:"]
+        configs = [(config, results) for config, results in ((TUNED, refits.tuned), (BASELINE, refits.baseline))
+                   if results]
+        rows = [["", *(f"{CONFIG_LABELS[config]} ({results[0].epochs} epochs)" for config, results in configs)]]
+        stats = {config: refits.stats(config) for config, _ in configs}
+        rows += [[REFIT_HEADERS[k], *(_cell(stats[config][k]) for config, _ in configs)] for k in REFIT_KEYS]
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         lines += ["  " + "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in
-                                   enumerate(zip(row, widths))) for row in rows]
+                                   enumerate(zip(row, widths))).rstrip() for row in rows]
     delta = refits.delta("H")
     if delta is not None:
-        lines.append(_delta_line(delta))
+        lines.extend(_delta_lines(delta))
     return lines
 
 

@@ -5,7 +5,8 @@ Order of work: validate every input (`options`) -> prepare the feature cache -> 
 and check every node (`cluster`) -> MLflow parent run (`tracking.parent`) -> `Tuner.fit` (or
 `Tuner.restore`) -> top-trials table (`report`) -> best_config.yaml -> refits on trainval, N seeds of
 the tuned and the authors' configuration, each tested once (`refit`, validation protocol) -> the
-refits' table, plots and summary on the parent run.
+refits' table, plots and summary on the parent run. While the trials run, the console shows their
+progress (`console`); Ray, Tune, MLflow and Optuna log to the study's log file (`logs`).
 """
 from __future__ import annotations
 
@@ -20,11 +21,14 @@ from msdn.progress import Progress
 from msdn.study import tracking
 from msdn.study.checkpoints import fill_deleted_checkpoint_folders
 from msdn.study.cluster import check_cluster_storage_and_data, connect_ray, default_concurrency, trial_resources
+from msdn.study.console import TrialCounter, is_terminal, study_display
 from msdn.study.interrupt import StopRequests, forward_stop_callback
+from msdn.study.logs import LOG_NAME, StatusTable, StudyLog, log_path
 from msdn.study.options import StudyFailed, StudyOptions, experiment_path, is_uri, resolve_options
 from msdn.study.plots import importance_plot, refit_plot, study_plots
 from msdn.study.refit import RefitStore, refit_plan, run_refits, tuned_config, write_best_config
-from msdn.study.report import end_lines, format_table, study_header, summary_dict, unlogged_lines
+from msdn.study.report import (WIDTH, end_lines, format_table, start_lines, study_header, summary_dict, unlogged_lines,
+                               wrap_lines)
 from msdn.study.results import StudyResult, best_trial, trial_summaries
 from msdn.study.search_space import SearchSpace
 from msdn.study.searcher import (MIN_TRIALS_FOR_IMPORTANCE, StudySearcher, check_journal, journal_path,
@@ -41,7 +45,8 @@ PROGRESS_COLUMNS = {"training_iteration": "epochs", "S": "S", "U": "U", "H": "H"
 def build_tuner(opts: StudyOptions, space: SearchSpace, resources: dict[str, float], callbacks: list,
                 base: dict[str, Any]):
     """A new Tuner (OptunaSearch + ASHA + the MLflow callback), or with --resume the stored one restored."""
-    # Tune's default output dumps every result in full; a compact table of what matters reads better.
+    # Tune's older output engine: its status table goes through our reporter (to the log file, or with -v the
+    # console too); the newer engine prints every result in full on the console.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # Checkpoints every epoch force frequent experiment snapshots by design (resume needs them).
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -70,7 +75,8 @@ def build_tuner(opts: StudyOptions, space: SearchSpace, resources: dict[str, flo
         fill_deleted_checkpoint_folders(experiment_path(opts))  # Tune's record may name them (study.checkpoints)
         tuner = tune.Tuner.restore(experiment_path(opts), trainable, resume_unfinished=True, resume_errored=True)
         if tuner._local_tuner is not None:  # Tune restores the pickled callbacks; this run's are live ones
-            tuner._local_tuner.get_run_config().callbacks = callbacks
+            run_config = tuner._local_tuner.get_run_config()
+            run_config.callbacks, run_config.progress_reporter = callbacks, status_table(opts, space)
         return tuner
     # The Optuna study in a journal next to Tune's results, named after the experiment (optuna-dashboard opens it).
     searcher = StudySearcher(starting_points=space.initial_points(opts.dataset), seed=space.sampler_seed,
@@ -79,8 +85,6 @@ def build_tuner(opts: StudyOptions, space: SearchSpace, resources: dict[str, flo
     concurrency = opts.max_concurrent or default_concurrency(resources)
     scheduler = ASHAScheduler(time_attr="training_iteration", max_t=opts.max_epochs,
                               grace_period=space.asha.grace_period, reduction_factor=space.asha.reduction_factor)
-    reporter = tune.CLIReporter(metric_columns=PROGRESS_COLUMNS, parameter_columns=list(space.param_names),
-                                max_report_frequency=20, sort_by_metric=True)
     return tune.Tuner(
         trainable,
         param_space=space.tune_param_space(),
@@ -94,9 +98,15 @@ def build_tuner(opts: StudyOptions, space: SearchSpace, resources: dict[str, flo
             name=opts.experiment, storage_path=opts.storage_path, callbacks=callbacks,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             failure_config=tune.FailureConfig(max_failures=opts.max_failures),
-            progress_reporter=reporter, verbose=1,
+            progress_reporter=status_table(opts, space), verbose=1,
         ),
     )
+
+
+def status_table(opts: StudyOptions, space: SearchSpace) -> StatusTable:
+    """Tune's status table of the running trials: in the study's log file, and with -v on the console."""
+    return StatusTable(metric_columns=PROGRESS_COLUMNS, parameter_columns=list(space.param_names),
+                       max_report_frequency=20, sort_by_metric=True, verbose=opts.verbose)
 
 
 def run_study(opts: StudyOptions, *, progress: Progress = print) -> StudyResult:
@@ -104,29 +114,40 @@ def run_study(opts: StudyOptions, *, progress: Progress = print) -> StudyResult:
 
     Ctrl+C / SIGTERM make it return an interrupted result (exit 130 in tune/run.py): no refit, runs
     closed as KILLED. A KeyboardInterrupt escapes only when the stop came before anything was stored.
+    The console shows the study's own lines; Ray, Tune, MLflow and Optuna log to the study's log file
+    (`msdn.study.logs`), and with opts.verbose to the console too.
     """
-    stop = StopRequests(progress).install()
-    try:
-        return _run(opts, stop, progress)
-    finally:
-        stop.uninstall()
+    live = progress is print and not opts.verbose and is_terminal()  # the live display needs a real terminal
+    with StudyLog(opts.verbose) as log:
+        progress = log.echo(progress)
+        stop = StopRequests(progress).install()
+        try:
+            return _run(opts, stop, progress, log, live)
+        finally:
+            stop.uninstall()
 
 
-def _run(opts: StudyOptions, stop: StopRequests, progress: Progress) -> StudyResult:
+def _run(opts: StudyOptions, stop: StopRequests, progress: Progress, log: StudyLog, live: bool) -> StudyResult:
     from msdn.data import load_benchmark
 
     show = progress or (lambda _message: None)
     opts, space = resolve_options(opts)
-    for line in study_header(opts, space):
+    log.open(log_path(opts))
+    for line in study_header(opts, space, str(log.path)):
         show(line)
     load_benchmark(opts.dataset, opts.data_root, progress=progress)  # builds the shared feature cache once, here
 
-    connect_ray(opts.address)
+    # Worker output reaches the log file through the driver; a Ray client (ray://) would print it instead.
+    client = (opts.address or "").startswith("ray://")
+    session = connect_ray(opts.address, log_to_driver=opts.verbose or not client)
+    log.capture_worker_output(session, remote=bool(opts.address), alert=progress)
     stop.install()  # again: ray.init replaced the SIGTERM handler with one that exits at once
     check_cluster_storage_and_data(opts, progress)
     resources = trial_resources(opts)
     experiment_id, parent_run_id = parent.open_parent_run(opts, space)
-    show(f"MLflow: {opts.mlflow_uri} experiment {opts.experiment!r} (id {experiment_id}), parent run {parent_run_id}")
+    concurrency = opts.max_concurrent or default_concurrency(resources)
+    for line in start_lines(opts, resources, concurrency, experiment_id, parent_run_id):
+        show(line)
 
     result = StudyResult(experiment_path(opts), opts.mlflow_uri, experiment_id, parent_run_id)
     writer = TrackingWriter(opts.mlflow_uri, progress=progress)
@@ -137,8 +158,11 @@ def _run(opts: StudyOptions, stop: StopRequests, progress: Progress) -> StudyRes
     callback = tracking.MLflowStudyCallback(writer, experiment_id, parent_run_id, opts.max_epochs,
                                             tags=parent.trial_tags(opts), stop=stop)
     try:
-        tuner = build_tuner(opts, space, resources, [callback, forward_stop_callback(stop)], base)
-        with stop.tuning():
+        counter = TrialCounter(study_display(progress, space.metric, live=live, verbose=opts.verbose),
+                               total=opts.num_samples, max_epochs=opts.max_epochs, metric=space.metric,
+                               mode=space.mode, key_params=space.param_names, stop=stop)
+        tuner = build_tuner(opts, space, resources, [callback, forward_stop_callback(stop), counter], base)
+        with stop.tuning(), counter:
             grid = tuner.fit()
         result.trials = trial_summaries(grid, space.metric, space.mode, opts.max_epochs)
         result.errors = [t.error for t in result.trials if t.error]
@@ -158,10 +182,11 @@ def _run(opts: StudyOptions, stop: StopRequests, progress: Progress) -> StudyRes
         callback.close_open_runs("FAILED")
         parent.end_parent_run(writer, parent_run_id, "FAILED", study_state="failed")
         if not opts.resume and remove_unstarted_experiment(opts):
-            show(f"the study failed before any trial ran ({type(exc).__name__}); removed {experiment_path(opts)}, "
-                 f"so the same command can run again")
+            show(f"the study failed before any trial ran ({type(exc).__name__}); removed Tune's files from "
+                 f"{experiment_path(opts)} (its log stays), so the same command can run again")
         raise
     finally:
+        parent.log_description(writer, result, opts, space)  # the parent run's summary, however the study ended
         result.unlogged = writer.close(opts.tracking_timeout)
         result.dropped = list(writer.dropped)
         shutil.rmtree(files, ignore_errors=True)
@@ -176,7 +201,7 @@ def _finish(opts: StudyOptions, space: SearchSpace, base: dict[str, Any], resour
     summary."""
     show = progress or (lambda _message: None)
     best = best_trial(result.trials, space.metric, space.mode)
-    show("\ntop trials (best epoch of each, accuracies in %):\n" + format_table(result.trials, space))
+    show("\ntop trials (best epoch of each, accuracies in %):\n" + format_table(result.trials, space, width=WIDTH))
     if best is None:
         first = result.errors[0] if result.errors else "no trial reported a result"
         raise StudyFailed(f"every trial failed; the first error:\n{first}")
@@ -219,8 +244,8 @@ def _importances(opts: StudyOptions, space: SearchSpace, result: StudyResult, wr
              f"in the Optuna study{'' if journal is not None else ', kept on disk only under a local --storage-path'})")
         return []
     parent.log_importances(writer, result.parent_run_id, importances)
-    show("parameter importances (fANOVA, COMPLETE trials): "
-         + ", ".join(f"{name} {value:.2f}" for name, value in importances.items()))
+    show("\n".join(wrap_lines("parameter importances (fANOVA, COMPLETE trials): "
+                              + ", ".join(f"{name} {value:.2f}" for name, value in importances.items()))))
     return [importance_plot(files, importances, opts.experiment)]
 
 
@@ -229,12 +254,17 @@ def remove_unstarted_experiment(opts: StudyOptions) -> bool:
 
     A study that fails at start (a crash while Tune sets up) would otherwise leave a `tuner.pkl` that
     makes the next attempt "already exist". A folder with any trial folder in it is kept (it may hold
-    checkpoints worth resuming). Only local folders are removed; object storage is left alone.
+    checkpoints worth resuming). The study's log file stays (it tells why), and with it the folder.
+    Only local folders are removed from; object storage is left alone.
     """
     path = Path(experiment_path(opts))
     if is_uri(opts.storage_path) or not path.is_dir():
         return False
     if any(entry.is_dir() for entry in path.iterdir()):
         return False
-    shutil.rmtree(path, ignore_errors=True)
+    for entry in path.iterdir():
+        if entry.name != LOG_NAME:
+            entry.unlink(missing_ok=True)
+    if not any(path.iterdir()):
+        path.rmdir()
     return True

@@ -2,7 +2,9 @@
 
     store.py     the tracking URI check, the client, batched logging helpers, the tags
     callback.py  MLflowStudyCallback: the Tune callback that logs each trial into its child run
-    parent.py    the study's parent run: settings, best trial, refit, plots and summary
+    parent.py    the study's parent run: settings, best trial, refit, plots, summary and its description
+    names.py     run names that read at a glance (`t07 lr=3.1e-4 λdis=2.0e-3 λcal=0.12`, `refit tuned seed=3`)
+    writer.py    TrackingWriter: the queue and thread that does all the logging, retrying through outages
 
 Everything is logged from the Ray driver, so trials never talk to MLflow. `parent` is imported
 by its full name (`msdn.study.tracking.parent`): it depends on the study's options, which check

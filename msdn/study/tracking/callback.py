@@ -3,8 +3,10 @@
 It runs on the Ray driver, so trials never talk to MLflow and worker nodes need no route to the
 tracking server. A child run carries the trial's parameters, its per-epoch metrics as steps and its
 state as the tag `trial_state` (`running`, `retrying`, then `completed`, `stopped_early` by ASHA,
-`errored`, or `interrupted`). Children are found again by their `trial_id` tag, so a resumed study
-continues each trial's own run, and epochs re-sent after a resume are not logged twice.
+`errored`, or `interrupted`). Its name reads at a glance: Tune's trial number and the searched values
+that matter (`t07 lr=3.1e-4 λdis=2.0e-3 λcal=0.12`, `names.trial_run_name`). Children are found again
+by their `trial_id` tag, so a resumed study continues each trial's own run under its first name, and
+epochs re-sent after a resume are not logged twice.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import Any
 from ray.tune import Callback
 
 from msdn.study.results import ERRORED, INTERRUPTED, RETRYING, RUNNING, epoch_rows, trial_state
+from msdn.study.tracking.names import trial_run_name_of
 from msdn.study.tracking.store import PARENT_TAG, TRIAL_ID_TAG, TRIAL_STATE_TAG, log_metrics
 
 # Result keys that are Tune bookkeeping or settings, not metrics of the model.
@@ -74,7 +77,7 @@ class MLflowStudyCallback(Callback):
                 self._last_step[run.info.run_id] = max((m.step for m in history), default=0)
 
     def _run_id(self, c, trial_id: str, name: str, config: dict[str, Any]) -> str:
-        """The trial's child run, created on first sight (and found again after a resume)."""
+        """The trial's child run, created on first sight named `name` (and found again after a resume)."""
         if not self._loaded:
             self._load_existing_children(c)
         if trial_id in self._runs:
@@ -92,7 +95,7 @@ class MLflowStudyCallback(Callback):
 
     def _queue(self, what: str, trial, work) -> None:
         """Queue `work(client, run_id)` for the trial's run (created first when needed)."""
-        trial_id, name, config = trial.trial_id, str(trial), dict(trial.config)
+        trial_id, name, config = trial.trial_id, trial_run_name_of(trial), dict(trial.config)
 
         def run(c) -> None:
             work(c, self._run_id(c, trial_id, name, config))

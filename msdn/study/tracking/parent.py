@@ -6,7 +6,10 @@ where and with what it ran (tags: git commit, library versions, cluster size), t
 `test_<k>_mean/_std/_ci_low/_ci_high`; `baseline_test_*` for the authors' configuration; `delta_H_*`,
 the paired difference), the parameter importances (`importance.<param>`), `best_config.yaml`, the refit
 checkpoints, the plots (the best trial's settings-grid heat map among them) and `study_summary.json`.
-Each refit is also a child run of its own (tag `msdn.study` = `refit`, `refit.config`, `refit.seed`).
+Each refit is also a child run of its own (tag `msdn.study` = `refit`, `refit.config`, `refit.seed`), named
+`refit tuned seed=3` or `refit authors seed=3` (`names.refit_run_name`). As the study ends, however it
+ends, its run's description (the tag `mlflow.note.content`, shown on the run's page) becomes a short
+markdown summary: `study_description`.
 """
 from __future__ import annotations
 
@@ -14,22 +17,31 @@ import json
 import math
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from msdn.metrics import GRID_KEYS, HEADLINE_KEYS
 from msdn.study.cluster import cluster_tags
 from msdn.study.options import StudyOptions, experiment_path
-from msdn.study.results import BASELINE, REFIT_KEYS, TUNED, RefitResult, Refits, TrialSummary
+from msdn.study.report import refit_lines
+from msdn.study.results import (BASELINE, COMPLETED, ERRORED, INTERRUPTED, STOPPED_EARLY, TUNED, RefitResult, Refits,
+                                StudyResult, TrialSummary)
 from msdn.study.search_space import SearchSpace
-from msdn.study.tracking.store import (PARENT_TAG, STORAGE_TAG, STUDY_TAG, client, ensure_experiment, log_artifacts,
-                                      log_metrics, log_params_flat)
+from msdn.study.tracking.names import compact, refit_run_name
+from msdn.study.tracking.store import (PARENT_TAG, STORAGE_TAG, STUDY_TAG, TRIAL_ID_TAG, TRIAL_STATE_TAG, client,
+                                      ensure_experiment, log_artifacts, log_metrics, log_params_flat)
 
 # Tags of a refit's child run, besides STUDY_TAG = REFIT_RUN.
 REFIT_RUN = "refit"
 REFIT_CONFIG_TAG = "refit.config"  # "tuned" or "baseline"
 REFIT_SEED_TAG = "refit.seed"
 REFIT_NAME_TAG = "refit.name"  # <config>-seed<seed>: finds the run again on --resume
+NOTE_TAG = "mlflow.note.content"  # a run's description in the MLflow UI (markdown)
+STUDY_STATE_TAG = "study_state"  # how the study ended: COMPLETED, INTERRUPTED or FAILED
+FAILED = "failed"  # the study's state when an error ended it
+# Trial states the description always counts, in this order (others only when some trial has them).
+COUNTED_STATES = (COMPLETED, STOPPED_EARLY, ERRORED, INTERRUPTED)
 
 PROTOCOL_NOTES = {
     "paper": "paper: trains on trainval and reports TEST metrics every epoch (the authors' procedure; selection on test)",
@@ -157,10 +169,11 @@ def log_refit_run(writer, experiment_id: str, parent_run_id: str, refit: RefitRe
                               f"tags.`{REFIT_NAME_TAG}` = '{refit.name}'", max_results=1)
         if found and found[0].info.status == "FINISHED":
             return
-        run_id = found[0].info.run_id if found else c.create_run(experiment_id, run_name=f"refit-{refit.name}", tags={
-            **tags, PARENT_TAG: parent_run_id, STUDY_TAG: REFIT_RUN, REFIT_NAME_TAG: refit.name,
-            REFIT_CONFIG_TAG: refit.config, REFIT_SEED_TAG: str(refit.seed), "checkpoint": str(refit.checkpoint),
-        }).info.run_id
+        run_id = found[0].info.run_id if found else c.create_run(
+            experiment_id, run_name=refit_run_name(refit.config, refit.seed), tags={
+                **tags, PARENT_TAG: parent_run_id, STUDY_TAG: REFIT_RUN, REFIT_NAME_TAG: refit.name,
+                REFIT_CONFIG_TAG: refit.config, REFIT_SEED_TAG: str(refit.seed), "checkpoint": str(refit.checkpoint),
+            }).info.run_id
         log_params_flat(c, run_id, refit.train_config)
         log_metrics(c, run_id, metrics, step=refit.epochs)
         c.set_terminated(run_id, status="FINISHED")
@@ -201,7 +214,96 @@ def end_parent_run(writer, run_id: str, status: str, study_state: str | None = N
     """Queue: terminate the parent run with `status`, tagging `study_state` (completed, interrupted, failed)."""
     def run(c) -> None:
         if study_state is not None:
-            c.set_tag(run_id, "study_state", study_state)
+            c.set_tag(run_id, STUDY_STATE_TAG, study_state)
         c.set_terminated(run_id, status=status)
 
     writer.submit(f"ending the parent run as {status}", run)
+
+
+def study_description(result: StudyResult, opts: StudyOptions, space: SearchSpace, state: str,
+                      trial_states: Mapping[str, int], best_run: str | None = None, error: str | None = None) -> str:
+    """The parent run's description: a short markdown summary of the study (pure).
+
+    `state`: COMPLETED, INTERRUPTED or FAILED (with `error`); `trial_states`: how many trial runs are in each
+    `trial_state`; `best_run`: the best trial's run name. The test figures are the report's (`refit_lines`).
+    The UI shows the first lines until "Show more": what ended the study and what it found come first.
+    """
+    lines = [f"**Study `{opts.experiment}` on {opts.dataset}: {state}**", ""]
+    best = result.best
+    if state == INTERRUPTED:
+        missing = ("the test result: the refits did not finish (the finished ones are kept)" if best is not None
+                   else "the best configuration and the test result: the trials did not finish")
+        lines.append(f"- **Missing:** {missing}. Continue it with the same command plus `--resume`.")
+    elif state == FAILED:
+        lines.append(f"- **Failed:** {_first_and_last_line(error or 'unknown error')}")
+    counted = [*COUNTED_STATES, *sorted(set(trial_states) - set(COUNTED_STATES))]
+    total = sum(trial_states.values())
+    planned = f" of {opts.num_samples}" if total != opts.num_samples else ""  # an interrupted study ran fewer
+    lines.append(f"- **Trials:** {total}{planned} (" + ", ".join(f"{trial_states.get(s, 0)} {s}" for s in counted
+                                                                if s in COUNTED_STATES or trial_states.get(s)) + ")")
+    if best is not None and best.best is not None:
+        split = "validation" if opts.protocol == "val" else "test (paper protocol: selected on test)"
+        b = best.best
+        lines.append(f"- **Best trial:** `{best_run or best.trial_id}` (trial_id {best.trial_id}), epoch "
+                     f"{best.best_epoch} of {best.epochs} trained: {split} {space.metric} = {b[space.metric]:.4f} "
+                     f"({', '.join(f'{k} {b[k]:.4f}' for k in _companions(space.metric, b))})")
+        order = [n for n in space.param_names if n in best.params] + [n for n in best.params
+                                                                       if n not in space.param_names]
+        lines.append("- **Best configuration:** " + ", ".join(f"`{n}={compact(best.params[n], 3)}`" for n in order))
+    if result.best_config_path:
+        lines.append(f"- **best_config.yaml:** `{result.best_config_path}`")
+    lines.append(f"- **Protocol:** {PROTOCOL_NOTES['paper' if opts.protocol == 'paper' else 'val']}")
+    if result.refits:
+        lines += ["", "**Test** (refits on trainval, each tested once: the study's one look at the test split):", "",
+                  "```text", *refit_lines(result.refits), "```"]
+    elif state == COMPLETED and opts.protocol == "paper":
+        lines += ["", "**Test:** no refit under the paper protocol: the figures above are test-split figures "
+                      "selected on the test split (as published)."]
+    elif state == COMPLETED:
+        lines += ["", "**Test:** not run (`--no-refit`)."]
+    return "\n".join(lines) + "\n"
+
+
+def log_description(writer, result: StudyResult, opts: StudyOptions, space: SearchSpace) -> None:
+    """Queue: `study_description` as the parent run's description, with the study's state (the `study_state` tag
+    `end_parent_run` set), the trial states and the best trial's run name as MLflow holds them then (after
+    everything queued before: the trials' final states included).
+
+    Called once as the study ends, however it ends (the runner's `finally`, after `end_parent_run`): an exception
+    on its way out at that moment is what ended a failed study.
+    """
+    exc = sys.exc_info()[1]
+    # Without the tag (a study that ended before end_parent_run), the same rule as the runner's.
+    fallback = (INTERRUPTED if result.interrupted or isinstance(exc, KeyboardInterrupt)
+                else FAILED if exc is not None else COMPLETED)
+    error = f"{type(exc).__name__}: {exc}" if exc is not None else None
+
+    def run(c) -> None:
+        state = c.get_run(result.parent_run_id).data.tags.get(STUDY_STATE_TAG) or fallback
+        children = c.search_runs([result.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = "
+                                 f"'{result.parent_run_id}'", max_results=5000)
+        trials = [r for r in children if TRIAL_ID_TAG in r.data.tags]
+        counts = Counter(r.data.tags.get(TRIAL_STATE_TAG, "unknown") for r in trials)
+        names = {r.data.tags[TRIAL_ID_TAG]: r.info.run_name for r in trials}
+        best_run = names.get(result.best.trial_id) if result.best is not None else None
+        c.set_tag(result.parent_run_id, NOTE_TAG, study_description(
+            result, opts, space, state, counts, best_run, error if state == FAILED else None))
+
+    writer.submit("the study's description on the parent run", run)
+
+
+def _first_and_last_line(text: str, limit: int = 300) -> str:
+    """An error on one line: its first line and, for a traceback, its last (the exception)."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()] or [""]
+    short = lines[0] if len(lines) == 1 else f"{lines[0]} … {lines[-1]}"
+    return short if len(short) <= limit else short[:limit - 1] + "…"
+
+
+def _companions(metric: str, best: Mapping[str, Any]) -> list[str]:
+    """The figures that go with the study metric: S and U of the same kind for an H (H_grid: S_grid, U_grid), else
+    S, U and H."""
+    if metric.startswith("H"):
+        keys = [f"S{metric[1:]}", f"U{metric[1:]}"]
+        if all(isinstance(best.get(k), (int, float)) for k in keys):
+            return keys
+    return [k for k in ("S", "U", "H") if k != metric and isinstance(best.get(k), (int, float))]
