@@ -62,7 +62,8 @@ def test_quick_start_commands_run_as_written(tmp_path):
     console = out.stdout + out.stderr
     assert out.returncode == 0, console[-4000:]
     assert "12 trials:" in console and "top trials" in console and "TEST (refit on trainval" in console
-    wide = [line for line in console.splitlines() if len(line) > 120]
+    # measured as in a user's clone (~/msdn-tune), not pytest's long temporary folder
+    wide = [line for line in console.replace(str(tmp_path), "~/msdn-tune").splitlines() if len(line) > 120]
     assert not wide, f"{len(wide)} console lines wider than 120 columns, e.g. {wide[0]!r}"
     assert (tmp_path / "mlflow.db").is_file() and (tmp_path / "results" / "msdn-synthetic-val").is_dir()
 
