@@ -74,6 +74,8 @@ def test_trial_end_line():
     assert trial_end_line("1bc56d21", "stopped_early", 2, 3, "H_grid", 0.13526) == \
         "trial 1bc56d21  stopped early  2/3 epochs  H_grid 0.1353"
     assert trial_end_line("a", "completed", 3, 3, "H", 0.5, new_best=True).endswith("H 0.5000  (best so far)")
+    # with Tune's trial number, the line begins as the trial's MLflow run name does
+    assert trial_end_line("1bc56d21", "completed", 3, 3, "H", 0.5, number=7).startswith("t07 1bc56d21  completed  ")
     errored = trial_end_line("c", "errored", 1, 3, "H", None, error="RuntimeError: " + "training diverged " * 20)
     assert errored.startswith("trial c  errored        1/3 epochs  H -  RuntimeError: training diverged")
     assert len(errored) == WIDTH and errored.endswith("…")
@@ -266,7 +268,7 @@ def test_a_studys_console_holds_its_own_lines_and_the_log_file_the_libraries(tmp
     assert not CONTROL.search(console)  # not a terminal: no redraws
     for marker in LIBRARY_MARKERS:
         assert marker not in console, f"{marker!r} on the console:\n{console[-4000:]}"
-    ended = [re.match(r"trial (\S+)  (completed|stopped early|errored) ", line) for line in lines]
+    ended = [re.match(r"t\d\d (\S+)  (completed|stopped early|errored) ", line) for line in lines]
     assert len({m.group(1) for m in ended if m}) == 4, console  # one line per trial
     for needle in ("top trials", "TEST (refit on trainval", "best configuration: ", "results: ", "MLflow:", "Optuna:",
                    "trials: 4 of 4 ended"):

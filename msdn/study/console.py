@@ -18,6 +18,7 @@ from ray.tune import Callback
 
 from msdn.progress import Progress, silent
 from msdn.study.results import COMPLETED, ERRORED, INTERRUPTED, STOPPED_EARLY, trial_state
+from msdn.study.tracking.names import trial_number
 from msdn.study.trainable import improves
 
 WIDTH = 100  # the longest line the display prints
@@ -139,10 +140,13 @@ def status_line(snap: Snapshot, metric: str, elapsed: float, eta: float | None, 
 
 
 def trial_end_line(trial_id: str, state: str, epochs: int, max_epochs: int, metric: str, value: float | None,
-                   new_best: bool = False, error: str | None = None, width: int = WIDTH) -> str:
-    """'trial 1bc56d21 stopped early  2/3 epochs  H_grid 0.1353', with the error's last line if it errored."""
+                   new_best: bool = False, error: str | None = None, width: int = WIDTH,
+                   number: int | None = None) -> str:
+    """'t03 1bc56d21  stopped early  2/3 epochs  H_grid 0.1353' (Tune's trial number, as the trial's MLflow run
+    name begins; 'trial 1bc56d21' without one), with the error's last line if it errored."""
     score = f"{metric} {value:.4f}" if value is not None else f"{metric} -"
-    line = f"trial {trial_id}  {STATE_WORDS.get(state, state):<13}  {epochs}/{max_epochs} epochs  {score}"
+    label = f"t{number:02d} {trial_id}" if number is not None else f"trial {trial_id}"
+    line = f"{label}  {STATE_WORDS.get(state, state):<13}  {epochs}/{max_epochs} epochs  {score}"
     if new_best:
         line += "  (best so far)"
     if error:
@@ -364,7 +368,8 @@ class TrialCounter(Callback):
         best = self.snapshot.best
         new_best = best is not None and best.trial_id == trial.trial_id
         self.display.line(trial_end_line(trial.trial_id, state, _epochs(trial), self.max_epochs, self.metric, value,
-                                         new_best=new_best, error=error))
+                                         new_best=new_best, error=error,
+                                         number=trial_number(getattr(trial, "experiment_tag", None))))
 
 
 def _epochs(trial) -> int:
