@@ -17,8 +17,8 @@ An *expected* failure is an `ExpectedError` (`UsageError` for flags and configur
 file (permissions, a full disk, a missing file). Everything else is a bug and keeps its traceback.
 This module imports nothing heavy (no torch, no Ray), so any entry point can use it.
 
-The one --help layout, too: every parser uses `HelpFormatter` (each default shown once, in words where
-it is None) and `examples(...)` for its epilog.
+The one --help layout, too: every parser is a `command_parser` (`HelpFormatter`: each default shown once,
+in words where it is None; `examples(...)` for its epilog).
 """
 from __future__ import annotations
 
@@ -96,6 +96,13 @@ class HelpFormatter(argparse.HelpFormatter):
 def examples(*commands: str) -> str:
     """An epilog of example commands, one a line (a trailing `# comment` explains it); kept as written."""
     return "examples:\n" + "\n".join("  " + command for command in commands)
+
+
+def command_parser(prog: str, description: str, *example_commands: str) -> argparse.ArgumentParser:
+    """A command's parser in the one --help layout: `prog` as the user types it (run as a package, argv[0]
+    would read "__main__.py"), the description, and `example_commands` as the epilog."""
+    return argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter,
+                                   epilog=examples(*example_commands))
 
 
 class ExpectedError(ValueError):

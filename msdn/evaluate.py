@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .cli import CheckpointError, HelpFormatter, UsageError, cli_entry, device_flag, examples
+from .cli import CheckpointError, UsageError, cli_entry, command_parser, device_flag
 from .config import DATASET_DEFAULTS, DATASETS, FIELD_NAMES, PROTOCOLS, TrainConfig, default_config
 from .data import Benchmark, ZSLSplit, check_data_present, load_benchmark, make_split, read_rows
 from .metrics import EvalGrid, GZSLResult, fuse_scores, grid_evaluate, gzsl_evaluate
@@ -310,13 +310,12 @@ def check_model_fits(model: MSDN, bench: Benchmark, split: ZSLSplit, path: str |
 
 def build_parser() -> argparse.ArgumentParser:
     alphas = ", ".join(f"{ds} {recipe['alpha']}" for ds, recipe in DATASET_DEFAULTS.items())
-    parser = argparse.ArgumentParser(
-        prog="python -m msdn.evaluate", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter,
-        epilog=examples(
-            "python -m msdn.evaluate --dataset synthetic --checkpoint run.pt   # from msdn.train --checkpoint",
-            "python -m msdn.evaluate --dataset synthetic --checkpoint run.pt --gamma 1.0 --json",
-            "python -m msdn.evaluate --dataset cub --data-root /data/zsl --checkpoint CUB_GZSL.pth",
-        ))
+    parser = command_parser(
+        "python -m msdn.evaluate", __doc__.split("\n\n")[0],
+        "python -m msdn.evaluate --dataset synthetic --checkpoint run.pt   # from msdn.train --checkpoint",
+        "python -m msdn.evaluate --dataset synthetic --checkpoint run.pt --gamma 1.0 --json",
+        "python -m msdn.evaluate --dataset cub --data-root /data/zsl --checkpoint CUB_GZSL.pth",
+    )
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", required=True, choices=DATASETS, help="benchmark the checkpoint was trained on")
     data.add_argument("--data-root", default="data", metavar="DIR", help="folder holding the benchmarks")

@@ -30,7 +30,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from .cli import HelpFormatter, cli_entry, examples
+from .cli import cli_entry, command_parser
 from .data.errors import DataError
 from .data.layout import check_data_root
 from .fsutil import atomic_path, file_lock, sha256_file, temp_name
@@ -362,12 +362,11 @@ def _kept_temp(final: Path) -> Iterator[Path]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m msdn.synthetic", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter,
-        epilog=examples(
-            "python -m msdn.synthetic --data-root data   # the demo data msdn.train --dataset synthetic reads",
-            "python -m msdn.synthetic --data-root /tmp/synthetic --seed 1",
-        ))
+    parser = command_parser(
+        "python -m msdn.synthetic", __doc__.split("\n\n")[0],
+        "python -m msdn.synthetic --data-root data   # the demo data msdn.train --dataset synthetic reads",
+        "python -m msdn.synthetic --data-root /tmp/synthetic --seed 1",
+    )
     data = parser.add_argument_group("data")
     data.add_argument("--data-root", required=True, metavar="DIR",
                       help="folder that receives SYNTHETIC/, xlsa17/ and w2v/")

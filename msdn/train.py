@@ -26,7 +26,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
-from .cli import CheckpointError, HelpFormatter, UsageError, cli_entry, device_flag, examples
+from .cli import CheckpointError, UsageError, cli_entry, command_parser, device_flag
 from .config import (DATASET_DEFAULTS, DATASETS, FIELD_NAMES, TrainConfig, coerce_value, default_config,
                      overrides_from_yaml)
 from .data import check_data_present, load_benchmark, make_split, read_rows
@@ -313,16 +313,15 @@ def _default_words(name: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m msdn.train", formatter_class=HelpFormatter,
-        description="Train MSDN and evaluate it with the GZSL protocol every epoch.\n\n"
-                    "Every field of the configuration is a flag. Its value comes from the authors' recipe for "
-                    "--dataset (msdn/config.py), then the --config file, then the flag.",
-        epilog=examples(
-            "python -m msdn.train --dataset synthetic --epochs 2   # the demo: data generated on first use",
-            "python -m msdn.train --dataset synthetic --checkpoint run.pt --resume   # rerun to continue",
-            "python -m msdn.train --dataset cub --data-root /data/zsl --lambda-dis 0.01 --json",
-        ))
+    parser = command_parser(
+        "python -m msdn.train",
+        "Train MSDN and evaluate it with the GZSL protocol every epoch.\n\n"
+        "Every field of the configuration is a flag. Its value comes from the authors' recipe for "
+        "--dataset (msdn/config.py), then the --config file, then the flag.",
+        "python -m msdn.train --dataset synthetic --epochs 2   # the demo: data generated on first use",
+        "python -m msdn.train --dataset synthetic --checkpoint run.pt --resume   # rerun to continue",
+        "python -m msdn.train --dataset cub --data-root /data/zsl --lambda-dis 0.01 --json",
+    )
     groups = {title: parser.add_argument_group(title) for title in CONFIG_GROUPS}
     groups["data and split"].add_argument("--dataset", required=True, choices=DATASETS,
                                           help="benchmark, and the authors' recipe for the defaults below")

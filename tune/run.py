@@ -21,18 +21,17 @@ import torch  # noqa: F401,E402
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run from a checkout (also under `ray job submit --working-dir .`) without installing
 
-from msdn.cli import HelpFormatter, examples  # noqa: E402
+from msdn.cli import command_parser  # noqa: E402
 from msdn.config import DATASETS, PROTOCOLS  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python tune/run.py", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter,
-        epilog=examples(
-            "python tune/run.py --dataset synthetic        # the demo: data generated, no download",
-            "python tune/run.py --dataset cub --data-root /data/zsl --num-samples 40 --gpus-per-trial 0.5",
-            "python tune/run.py --dataset cub --data-root /data/zsl --num-samples 40 --resume   # after a stop",
-        ))
+    p = command_parser(
+        "python tune/run.py", __doc__.split("\n\n")[0],
+        "python tune/run.py --dataset synthetic        # the demo: data generated, no download",
+        "python tune/run.py --dataset cub --data-root /data/zsl --num-samples 40 --gpus-per-trial 0.5",
+        "python tune/run.py --dataset cub --data-root /data/zsl --num-samples 40 --resume   # after a stop",
+    )
     data = p.add_argument_group("data")
     data.add_argument("--dataset", required=True, choices=DATASETS, help="benchmark to tune on")
     data.add_argument("--data-root", default="data", metavar="DIR", help="folder holding the benchmarks")

@@ -14,19 +14,18 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from ..cli import HelpFormatter, cli_entry, examples
+from ..cli import cli_entry, command_parser
 from ..config import DATASETS
 from .benchmark import load_benchmark
 from .cache import DIGEST_BLOCK_BYTES
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m msdn.data.verify", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter,
-        epilog=examples(
-            "python -m msdn.data.verify --dataset synthetic",
-            "python -m msdn.data.verify --dataset cub --data-root /data/zsl --cache-dir /scratch/msdn-cache",
-        ))
+    parser = command_parser(
+        "python -m msdn.data.verify", __doc__.split("\n\n")[0],
+        "python -m msdn.data.verify --dataset synthetic",
+        "python -m msdn.data.verify --dataset cub --data-root /data/zsl --cache-dir /scratch/msdn-cache",
+    )
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", required=True, choices=DATASETS, help="benchmark to check")
     data.add_argument("--data-root", default="data", metavar="DIR", help="folder holding the benchmarks")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..config import REAL_DATASETS
-from ..cli import HelpFormatter, cli_entry, device_flag, examples
+from ..cli import cli_entry, command_parser, device_flag
 from ..data import DataError, benchmark_paths, load_benchmark
 from ..fsutil import atomic_path
 from ..progress import Progress, silent, to_stderr
@@ -110,14 +110,12 @@ def main(args: argparse.Namespace, progress: Progress = to_stderr) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    # prog: run as a package, argv[0] would read "__main__.py"
-    p = argparse.ArgumentParser(
-        prog="python -m msdn.prepare", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter,
-        epilog=examples(
-            "python -m msdn.prepare cub --images ~/data/CUB --xlsa17 ~/data/xlsa17 --out data",
-            "python -m msdn.prepare sun --images ~/data/SUN --xlsa17 ~/data/xlsa17 --out data --dtype float16",
-            "python -m msdn.prepare cub --images ~/data/CUB --xlsa17 ~/data/xlsa17 --out smoke --weights random",
-        ))
+    p = command_parser(
+        "python -m msdn.prepare", __doc__.split("\n\n")[0],
+        "python -m msdn.prepare cub --images ~/data/CUB --xlsa17 ~/data/xlsa17 --out data",
+        "python -m msdn.prepare sun --images ~/data/SUN --xlsa17 ~/data/xlsa17 --out data --dtype float16",
+        "python -m msdn.prepare cub --images ~/data/CUB --xlsa17 ~/data/xlsa17 --out smoke --weights random",
+    )
     data = p.add_argument_group("data")
     data.add_argument("dataset", choices=REAL_DATASETS, help="benchmark to extract")
     data.add_argument("--images", required=True, metavar="DIR",
