@@ -253,8 +253,8 @@ def run_refits(opts: StudyOptions, specs: list[RefitSpec], resources: dict[str, 
         for ref in pending:  # a stopped or failed study must not go on training, nor testing
             ray.cancel(ref, force=True)
         if isinstance(exc, KeyboardInterrupt) and pending:
-            show(f"refits interrupted: {len(results)} of {len(specs)} seen finished; every finished one is kept in "
-                 f"{store.root}, and --resume runs only the others")
+            show(f"refits interrupted: {len(results)} of {len(specs)} seen finished; every finished one is kept in\n"
+                 f"  {store.root}, and --resume runs only the others")
         raise
     ordered = [results[s.name] for s in specs]
     return Refits(tuned=[r for r in ordered if r.config == TUNED],

@@ -176,7 +176,7 @@ def _run(opts: StudyOptions, stop: StopRequests, progress: Progress, log: StudyL
         callback.close_open_runs("KILLED")
         parent.end_parent_run(writer, parent_run_id, "KILLED", study_state="interrupted")
         show(f"study interrupted ({stop.signal_name or 'KeyboardInterrupt'}): no test result reported; its MLflow "
-             f"runs are closed as KILLED. Continue it with the same command plus --resume")
+             f"runs are closed as KILLED.\n  Continue it with the same command plus --resume")
     except BaseException as exc:
         # Never leave runs RUNNING; a study that failed before any trial ran leaves nothing that blocks a retry.
         callback.close_open_runs("FAILED")
