@@ -222,7 +222,8 @@ def refused(tmp_path: Path, *argv: str) -> subprocess.CompletedProcess:
 def test_non_finite_shares_and_timeouts_are_refused_as_a_user(tmp_path):
     out = refused(tmp_path, "--cpus-per-trial", "nan")
     assert out.stderr == "error: --cpus-per-trial nan: expected a finite number > 0\n"
-    assert refused(tmp_path, "--gpus-per-trial", "inf").stderr == "error: --gpus-per-trial inf: expected a finite number >= 0\n"
+    out = refused(tmp_path, "--gpus-per-trial", "inf")
+    assert out.stderr == "error: --gpus-per-trial inf: expected a finite number >= 0\n"
     assert tree(tmp_path) == []  # no mlflow.db, no results folder
 
 

@@ -141,7 +141,7 @@ class StudyRequest:
                            "table (always in the log file)", short="-v")
 
     def __post_init__(self) -> None:
-        for f in fields(StudyRequest):
+        for f in FIELDS:  # defined below, once the class exists
             problem = value_problem(f, getattr(self, f.name))
             if problem:
                 raise StudyError(problem)
@@ -172,11 +172,11 @@ class StudyOptions(StudyRequest):
 
 
 FIELDS: tuple[Field, ...] = fields(StudyRequest)
-_HINTS = typing.get_type_hints(StudyRequest)
 # A field's type without None (str, int, float, bool or Path), and whether None is allowed.
 KINDS: dict[str, tuple[type, bool]] = {
-    name: (next(t for t in typing.get_args(hint) or (hint,) if t is not type(None)), type(None) in typing.get_args(hint))
-    for name, hint in _HINTS.items()
+    name: (next(t for t in typing.get_args(hint) or (hint,) if t is not type(None)),
+           type(None) in typing.get_args(hint))
+    for name, hint in typing.get_type_hints(StudyRequest).items()
 }
 
 
