@@ -140,10 +140,10 @@ def read_results(experiment: Path) -> tuple[float, list[list[dict]]]:
 def run_the_study(args: argparse.Namespace, workdir: Path) -> StudyRun:
     import ray
 
-    from msdn.study.options import StudyOptions, experiment_path, resolve_options
+    from msdn.study.options import StudyRequest, experiment_path, resolve_options
     from msdn.study.runner import run_study
 
-    opts = StudyOptions(
+    opts = StudyRequest(
         dataset=args.dataset, search_space=args.search_space, num_samples=args.num_samples,
         max_epochs=args.max_epochs, max_concurrent=args.slots, cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=0.0, storage_path=str(workdir / "results"), mlflow_uri=f"sqlite:///{workdir / 'mlflow.db'}",

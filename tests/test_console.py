@@ -183,13 +183,13 @@ def test_the_top_trials_table_splits_into_metrics_and_parameters_when_too_wide()
 
 
 def test_header_lines_fit_the_width_except_paths(tmp_path):
-    from msdn.study.options import StudyOptions
+    from msdn.study.options import StudyRequest, with_defaults
     from msdn.study.report import start_lines, study_header
     from msdn.study.search_space import load_search_space
 
     space = load_search_space(REPO / "search_spaces" / "synthetic.yaml", "synthetic")
-    opts = StudyOptions(dataset="synthetic", search_space=space.path, experiment="msdn-synthetic-val",
-                        storage_path=str(tmp_path), max_epochs=30, mlflow_uri="http://127.0.0.1:5000")
+    opts = with_defaults(StudyRequest(dataset="synthetic", search_space=space.path, storage_path=str(tmp_path),
+                                      max_epochs=30, mlflow_uri="http://127.0.0.1:5000"), space.asha.max_t)
     lines = study_header(opts, space, str(tmp_path / "study.log")) + start_lines(opts, {"cpu": 1.0, "gpu": 0.5}, 2,
                                                                                     "1", "f" * 32)
     assert all(len(line) <= WIDTH for line in lines if str(REPO) not in line and str(tmp_path) not in line)
@@ -231,10 +231,10 @@ def test_verbose_shows_library_log_lines_on_stderr_too(tmp_path, capsys):
 
 
 def test_a_study_that_failed_at_start_keeps_its_log(tmp_path):
-    from msdn.study.options import StudyOptions
+    from msdn.study.options import StudyRequest, with_defaults
     from msdn.study.runner import remove_unstarted_experiment
 
-    opts = StudyOptions(dataset="synthetic", search_space=Path("x.yaml"), storage_path=str(tmp_path), experiment="e")
+    opts = with_defaults(StudyRequest(dataset="synthetic", storage_path=str(tmp_path), experiment="e"), 4)
     (tmp_path / "e").mkdir()
     (tmp_path / "e" / "tuner.pkl").write_bytes(b"x")
     (tmp_path / "e" / "study.log").write_text("why it failed\n")

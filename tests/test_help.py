@@ -138,17 +138,12 @@ def test_train_help_gives_the_per_dataset_defaults():
     assert re.search(r"default: 0\.0001 except synthetic 0\.0005\)", entries["--lr"])
 
 
-def test_tune_defaults_are_the_study_options_defaults():
-    """tune/run.py's flags default to what StudyOptions says (a changed default would show in --help only)."""
-    from msdn.study.options import StudyOptions
+def test_tune_flags_are_the_study_request_fields():
+    """tune/run.py's parser is derived from StudyRequest: one flag per field, the field's default when not given."""
+    from msdn.study.options import StudyRequest
 
-    args = vars(build_parser("python tune/run.py").parse_args(["--dataset", "cub"]))
-    renamed = {"no_refit": ("refit", True), "no_baseline": ("baseline", True),
-               "no_reuse_workers": ("reuse_workers", True)}
-    defaults = {f.name: f.default for f in dataclasses.fields(StudyOptions)}
-    for dest, value in args.items():
-        if dest in renamed:
-            field, negate = renamed[dest]
-            assert defaults[field] == (not value if negate else value), dest
-        elif dest not in ("dataset", "search_space"):
-            assert defaults[dest] == value, f"--{dest.replace('_', '-')}: {value!r} vs StudyOptions {defaults[dest]!r}"
+    args = build_parser("python tune/run.py").parse_args(["--dataset", "cub"])
+    assert set(vars(args)) == {f.name for f in dataclasses.fields(StudyRequest)}
+    assert StudyRequest(**vars(args)) == StudyRequest(dataset="cub")
+    switched = build_parser("python tune/run.py").parse_args(["--dataset", "cub", "--no-refit", "--resume", "-v"])
+    assert (switched.refit, switched.resume, switched.verbose, switched.baseline) == (False, True, True, True)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from msdn.config import DATASET_DEFAULTS, TrainConfig, default_config, overrides_from_yaml
-from msdn.study.options import StudyOptions
+from msdn.study.options import StudyOptions, StudyRequest, with_defaults
 from msdn.study.refit import (BEST_CONFIG_FILE, CHECKPOINT_FILE, RESULT_FILE, RefitSpec, RefitStore, refit_and_test,
                               refit_plan, refit_seeds, tuned_config, write_best_config)
 from msdn.study.results import BASELINE, TUNED, RefitResult, Refits, TrialSummary
@@ -29,9 +29,8 @@ FIGURES = ("S", "U", "H", "zsl_acc")
 
 
 def study_options(tmp_path: Path, data_root: Path | str = "data", **changes) -> StudyOptions:
-    return StudyOptions(dataset="synthetic", search_space=REPO / "search_spaces" / "synthetic.yaml",
-                        storage_path=str(tmp_path / "results"), experiment="exp", data_root=str(data_root),
-                        max_epochs=4, **changes)
+    return with_defaults(StudyRequest(dataset="synthetic", storage_path=str(tmp_path / "results"), experiment="exp",
+                                      data_root=str(data_root), max_epochs=4, **changes), 4)
 
 
 def study_base(data_root: Path | str = "data") -> dict:

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from msdn.metrics import HEADLINE_KEYS, SCORE_KEYS, SUMMARY_KEYS
-from msdn.study.options import StudyOptions
+from msdn.study.options import StudyRequest, with_defaults
 from msdn.study.report import end_lines, format_table, refit_lines, summary_dict
 from msdn.study.results import (BASELINE, TUNED, RefitResult, Refits, StudyResult, TrialSummary, best_trial,
                                 trial_state, trial_summaries)
@@ -115,7 +115,7 @@ def test_summary_and_end_lines(space, tmp_path):
     assert summary["refits"]["seeds"] == [11] and summary["best_config"] == "/r/msdn/best_config.yaml"
     assert summary["trials"][1] == {"trial_id": "d", "params": {}, "error": None, "state": "errored", "epochs": 0,
                                     "metrics": {}}
-    opts = StudyOptions(dataset="synthetic", search_space=space.path, experiment="msdn-synthetic-val")
+    opts = with_defaults(StudyRequest(dataset="synthetic", search_space=space.path), space.asha.max_t)
     lines = end_lines(result, opts, space)
     assert lines[0] == "\n2 trials: 1 completed, 1 errored"
     assert lines[1].startswith("best trial c at epoch 2: H=0.7000")
@@ -175,11 +175,10 @@ def test_refit_table_shows_each_configuration_over_seeds_and_the_paired_delta():
 
 
 def test_a_study_that_failed_at_start_leaves_nothing_that_blocks_a_retry(tmp_path):
-    from msdn.study.options import StudyOptions, experiment_path
+    from msdn.study.options import experiment_path
     from msdn.study.runner import remove_unstarted_experiment
 
-    opts = StudyOptions(dataset="synthetic", search_space=Path("x.yaml"), storage_path=str(tmp_path),
-                        experiment="exp")
+    opts = with_defaults(StudyRequest(dataset="synthetic", storage_path=str(tmp_path), experiment="exp"), 4)
     folder = Path(experiment_path(opts))
     folder.mkdir()
     (folder / "tuner.pkl").write_bytes(b"state of a Tuner that never ran a trial")
@@ -189,8 +188,7 @@ def test_a_study_that_failed_at_start_leaves_nothing_that_blocks_a_retry(tmp_pat
     (folder / "tuner.pkl").write_bytes(b"x")
     (folder / "train_msdn_0001").mkdir()  # a trial started: its checkpoints may be worth resuming
     assert not remove_unstarted_experiment(opts) and (folder / "tuner.pkl").is_file()
-    uri_opts = StudyOptions(dataset="synthetic", search_space=Path("x.yaml"), storage_path="s3://bucket/p",
-                            experiment="exp")
+    uri_opts = with_defaults(StudyRequest(dataset="synthetic", storage_path="s3://bucket/p", experiment="exp"), 4)
     assert not remove_unstarted_experiment(uri_opts)  # object storage is never deleted from
 
 

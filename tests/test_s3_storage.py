@@ -88,10 +88,10 @@ def s3(tmp_path, monkeypatch):
 
 
 def options(storage: str, data_root: Path, **kw):
-    from msdn.study.options import StudyOptions
+    from msdn.study.options import StudyRequest, with_defaults
 
-    return StudyOptions(dataset="synthetic", search_space=REPO / "search_spaces" / "synthetic.yaml",
-                        storage_path=storage, data_root=str(data_root), experiment=EXPERIMENT, **kw)
+    return with_defaults(StudyRequest(dataset="synthetic", storage_path=storage, data_root=str(data_root),
+                                      experiment=EXPERIMENT, **kw), 4)
 
 
 def test_storage_checks_before_ray_accept_a_reachable_bucket_and_refuse_the_rest(s3, synthetic_root, tmp_path,

@@ -145,7 +145,7 @@ def test_importances_reach_the_parent_run_as_metrics_and_a_plot(tmp_path):
     """runner._importances: the persisted study's importances queued as `importance.<param>`, plus a bar plot."""
     from types import SimpleNamespace
 
-    from msdn.study.options import StudyOptions
+    from msdn.study.options import StudyRequest, with_defaults
     from msdn.study.results import StudyResult
     from msdn.study.runner import _importances
 
@@ -155,7 +155,7 @@ def test_importances_reach_the_parent_run_as_metrics_and_a_plot(tmp_path):
     queued, logged, said = [], [], []
     writer = SimpleNamespace(submit=lambda what, fn: queued.append(fn))
     client = SimpleNamespace(log_batch=lambda run_id, metrics: logged.extend((m.key, m.value) for m in metrics))
-    opts = StudyOptions(dataset="synthetic", search_space=SPACE.path, experiment="msdn-test")
+    opts = with_defaults(StudyRequest(dataset="synthetic", search_space=SPACE.path, experiment="msdn-test"), 4)
     result = StudyResult(str(tmp_path / "exp"), "sqlite:///x.db", "1", "parent-run")
     plots = _importances(opts, SPACE, result, writer, tmp_path, said.append)
     assert [p.name for p in plots] == ["param_importances.png"] and plots[0].stat().st_size > 0

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from msdn.study import tracking
-from msdn.study.options import StudyOptions
+from msdn.study.options import StudyRequest, with_defaults
 from msdn.study.report import refit_lines
 from msdn.study.results import BASELINE, TUNED, RefitResult, Refits, StudyResult, TrialSummary
 from msdn.study.search_space import load_search_space
@@ -302,7 +302,7 @@ BEST_LINES = [
 def described(**changes):
     """(StudyResult, StudyOptions, SearchSpace) of a finished synthetic study with one tuned refit, then `changes`."""
     space_file = REPO / "search_spaces" / "synthetic.yaml"
-    opts = StudyOptions(dataset="synthetic", search_space=space_file, experiment="msdn-synthetic-val", num_samples=3)
+    opts = with_defaults(StudyRequest(dataset="synthetic", search_space=space_file, num_samples=3), 4)
     params = {"lambda_dis": 0.0020137, "lambda_cal": 0.12345, "lr": 0.00031234, "lr_v_factor": 1.234,
               "weight_decay": 0.0001, "momentum": 0.9, "alpha": 0.85, "gamma": 2.3}
     best = TrialSummary("6b63844f", "completed", 4, params, best_epoch=3,
@@ -393,7 +393,7 @@ def test_description_without_a_refit():
     result, opts, space = described(refits=None)
     text = study_description(result, opts, space, "completed", {"completed": 3}, BEST_RUN)
     assert text.splitlines()[-2:] == ["", "**Test:** not run (`--no-refit`)."]
-    opts.protocol = "paper"
+    opts = dataclasses.replace(opts, protocol="paper")
     lines = study_description(result, opts, space, "completed", {"completed": 3}, BEST_RUN).splitlines()
     assert lines[-3].startswith("- **Protocol:** paper: trains on trainval and reports TEST metrics every epoch")
     assert "epoch 3 of 4 trained: test (paper protocol: selected on test) H_grid = 0.4123" in lines[3]

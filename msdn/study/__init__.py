@@ -1,7 +1,7 @@
 """The study wiring: the only part of msdn that knows Ray Tune, Optuna and MLflow exist.
 
     search_space.py  the YAML search space files: parser and validation
-    options.py       StudyOptions, their validation (resolve_options), StudyError / StudyFailed
+    options.py       StudyRequest (the flags, one field each) -> resolve_options -> StudyOptions; StudyError
     cluster.py       Ray: connecting, trial resources, per-node storage and data checks
     trainable.py     one trial: a Trainer driven epoch by epoch, reporting to Tune
     runner.py        run_study: the study from start to end (build_tuner, fit, refit, report)

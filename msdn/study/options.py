@@ -1,18 +1,35 @@
-"""A study's options and their validation, done before anything expensive starts.
+"""A study's options: what the user asked for (`StudyRequest`) and what the study runs with (`StudyOptions`).
 
-`resolve_options` checks every input cheaply (dataset, protocol, numbers, search space, data files,
-tracking store, Tune storage) and fills in the defaults, so a mistake is reported in seconds,
-before Ray starts. Imports stay light: Ray workers import this module (through the refit).
+Each option is one field of `StudyRequest`, and the field carries everything about it: type, default,
+its flag's group, help and metavar, and the values it accepts (`Flag`). tune/run.py's parser is derived
+from the fields (`add_flags`), the parsed flags become a request by name (`StudyRequest(**vars(args))`),
+and a request checks every value as it is made (a `StudyError` naming the flag). `resolve_options` then
+checks what needs a look outside (search space, data files, tracking store, Tune storage) and fills in
+every default: a `StudyOptions` holds no unresolved None, so later code never meets one.
+
+    request = StudyRequest(dataset="synthetic", num_samples=4)   # StudyError on a bad value
+    opts, space = resolve_options(request)                       # before Ray starts, in seconds
+
+Imports stay light: Ray workers import this module (through the refit).
 """
 from __future__ import annotations
 
+import argparse
+import math
+import numbers
 import os
 import re
-from dataclasses import asdict, dataclass
+import typing
+from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
+from typing import Any, Callable
 
 from msdn.config import DATASETS, PROTOCOLS
 from msdn.study.search_space import SearchSpace, load_search_space
+
+# The repository's search spaces, beside msdn/ (tune/run.py runs from a checkout, importing msdn from it).
+SEARCH_SPACES = Path(__file__).resolve().parents[2] / "search_spaces"
+NAME_BYTES = 200  # longest --experiment: a folder name (at most 255 bytes) with room for "<name>.study.log"
 
 
 class StudyError(RuntimeError):
@@ -23,32 +40,201 @@ class StudyFailed(StudyError):
     """A study that ran but produced no result: every trial failed, or the refit failed."""
 
 
-@dataclass
-class StudyOptions:
-    dataset: str
-    search_space: Path
-    num_samples: int = 12
-    max_epochs: int | None = None  # default: the search space's asha.max_t
-    max_concurrent: int | None = None  # default: as many trials as the cluster's resources hold
-    address: str | None = None  # None: start a local Ray; "auto" or ray://... to join a cluster
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float | None = None  # None: 1 per trial when the cluster has GPUs, else 0
-    storage_path: str = "results"
-    mlflow_uri: str | None = None  # None: sqlite:///<cwd>/mlflow.db
-    experiment: str | None = None  # None: msdn-<dataset>-<protocol>
-    protocol: str = "val"
-    resume: bool = False
-    seed: int = 0
-    data_root: str = "data"
-    refit: bool = True
-    refit_seeds: int = 3  # seeds of the refit on trainval (tested once each); 1: a single refit, no interval
-    baseline: bool = True  # refit the authors' configuration too, with the same seeds (a paired comparison)
-    device: str = "auto"
-    max_failures: int = 1  # retries of a trial whose worker died (node lost, OOM)
-    tracking_timeout: float = 300.0  # seconds the study waits at its end for an unreachable MLflow store
-    checkpoint_every: int = 1  # epochs between a trial's checkpoints; its last epoch is always checkpointed
-    reuse_workers: bool = True  # trials run in reused worker processes (Tune's reuse_actors)
-    verbose: bool = False  # Ray/Tune/MLflow/Optuna log lines and Tune's status table on the console too
+@dataclass(frozen=True)
+class Flag:
+    """An option's flag on tune/run.py and the values it accepts; every number must also be finite."""
+
+    group: str  # its section of --help
+    help: str
+    metavar: str | None = None
+    unset: str | None = None  # what None means, in words: the default of an option whose default is None
+    short: str | None = None  # a one-letter alias, e.g. -v
+    negated: bool = False  # a switch that turns a True default off: --no-refit gives refit=False
+    choices: tuple[str, ...] | None = None
+    low: float | None = None  # the smallest value allowed
+    above: bool = False  # `low` itself is not allowed (> low rather than >= low)
+    check: Callable[[Any], str | None] | None = None  # a further check: the error's text after the value, or None
+
+
+def option(default: Any, group: str, help: str, **flag: Any) -> Any:
+    """A StudyRequest field with its flag (`default` MISSING: a required flag)."""
+    return field(default=default, metadata={"flag": Flag(group, help, **flag)})
+
+
+def device_problem(device: str) -> str | None:
+    if re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        return None
+    return ("expected auto, cpu, cuda or cuda:N (the device inside each trial; auto takes the trial's GPU share "
+            "when it has one)")
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot name one folder directly under its root (so it can never lead outside), or None."""
+    if not name.strip():
+        found = "is empty"
+    elif name in (".", ".."):
+        found = "names the root folder itself or the one above it"
+    elif "/" in name or "\\" in name:
+        found = "contains a path separator"
+    elif any(ord(c) < 32 or ord(c) == 127 for c in name):
+        found = "contains a control character"
+    elif len(name.encode()) > NAME_BYTES:
+        found = f"is longer than {NAME_BYTES} bytes"
+    else:
+        return None
+    return (f"{found}; expected a plain name without / or \\ (it becomes the study's folder under --storage-path "
+            f"and its MLflow experiment), e.g. msdn-cub-val")
+
+
+@dataclass(frozen=True)
+class StudyRequest:
+    """A study as the user asked for it: every flag of tune/run.py, None where the default is decided later.
+
+    Fields are in --help order; making one checks every value (StudyError naming the flag).
+    """
+
+    dataset: str = option(MISSING, "data", "benchmark to tune on", choices=DATASETS)
+    data_root: str = option("data", "data", "folder holding the benchmarks", metavar="DIR")
+
+    search_space: Path | None = option(None, "study", "YAML search space", metavar="FILE",
+                                       unset="search_spaces/<dataset>.yaml in this repository")
+    num_samples: int = option(12, "study", "number of trials", metavar="N", low=1)
+    max_epochs: int | None = option(None, "study", "epochs per trial", metavar="N", low=1,
+                                    unset="the search space's asha.max_t")
+    protocol: str = option("val", "study", "val: tune on a validation split, refit and test once; paper: the "
+                           "authors' test-every-epoch procedure", choices=PROTOCOLS)
+    seed: int = option(0, "study", "study seed (per-trial seeds derive from it)", metavar="N", low=0)
+    resume: bool = option(False, "study", "continue the study with this --experiment and --storage-path")
+    experiment: str | None = option(None, "study", "study name = MLflow experiment and the study's folder under "
+                                    "--storage-path", metavar="NAME", unset="msdn-<dataset>-<protocol>",
+                                    check=name_problem)
+    refit: bool = option(True, "study", "skip retraining the best configuration on trainval", negated=True)
+    refit_seeds: int = option(3, "study", "seeds of the refit on trainval, each tested once: mean, sd and 95% "
+                              "interval of the test figures (1: a single refit, no interval)", metavar="N", low=1)
+    baseline: bool = option(True, "study", "do not refit the authors' configuration with the same seeds (the "
+                            "paired comparison)", negated=True)
+    checkpoint_every: int = option(1, "study", "epochs between a trial's checkpoints (its last epoch is always "
+                                   "checkpointed); an interrupted trial redoes at most N - 1 epochs",
+                                   metavar="N", low=1)
+
+    address: str | None = option(None, "cluster", "Ray cluster to join ('auto' inside a cluster, or "
+                                 "ray://HOST:10001)", unset="start a local one")
+    cpus_per_trial: float = option(1.0, "cluster", "CPU cores per trial", metavar="CPUS", low=0, above=True)
+    gpus_per_trial: float | None = option(None, "cluster", "GPU share per trial, fractions allowed", metavar="GPUS",
+                                          low=0, unset="1 when the cluster has GPUs, else 0")
+    max_concurrent: int | None = option(None, "cluster", "trials running at once", metavar="N", low=1,
+                                        unset="as many as the cluster's resources hold")
+    max_failures: int = option(1, "cluster", "retries of a trial whose worker or node died", metavar="N", low=0)
+    reuse_workers: bool = option(True, "cluster", "start a fresh worker process for every trial instead of reusing "
+                                 "them", negated=True)
+    storage_path: str = option("results", "cluster", "where Tune keeps results and checkpoints (path or s3://, "
+                               "gs://)", metavar="PATH")
+    device: str = option("auto", "cluster", "device inside each trial (auto: its GPU share if any, else CPU)",
+                         check=device_problem)
+
+    mlflow_uri: str | None = option(None, "tracking", "MLflow tracking URI; http://HOST:PORT for a server",
+                                    metavar="URI", unset="sqlite:///<working dir>/mlflow.db")
+    tracking_timeout: float = option(300.0, "tracking", "seconds to wait at the end for an unreachable MLflow "
+                                     "store before giving up (exit 3)", metavar="SECONDS", low=0)
+
+    verbose: bool = option(False, "output", "also show Ray, Tune, MLflow and Optuna log lines and Tune's status "
+                           "table (always in the log file)", short="-v")
+
+    def __post_init__(self) -> None:
+        for f in FIELDS:  # defined below, once the class exists
+            problem = value_problem(f, getattr(self, f.name))
+            if problem:
+                raise StudyError(problem)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StudyOptions(StudyRequest):
+    """A study as it runs (`resolve_options`): every default filled in, local paths absolute.
+
+    Still None by design: `address` (a local Ray), and `gpus_per_trial` and `max_concurrent`, which the
+    cluster decides once Ray runs (msdn.study.cluster).
+    """
+
+    search_space: Path = field()
+    max_epochs: int = field()
+    experiment: str = field()
+    mlflow_uri: str = field()
+    storage_path: str = field()  # absolute, or a URI (s3://, gs://)
+    data_root: str = field()  # absolute
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        unresolved = [name for name in StudyOptions.__annotations__ if getattr(self, name) is None]
+        if unresolved or not (is_uri(self.storage_path) or os.path.isabs(self.storage_path)) \
+                or not os.path.isabs(self.data_root):  # a bug, not bad input: made by with_defaults only
+            raise ValueError(f"unresolved study options: {', '.join(unresolved) or 'relative paths'} "
+                             f"(storage_path={self.storage_path!r}, data_root={self.data_root!r})")
+
+
+FIELDS: tuple[Field, ...] = fields(StudyRequest)
+# A field's type without None (str, int, float, bool or Path), and whether None is allowed.
+KINDS: dict[str, tuple[type, bool]] = {
+    name: (next(t for t in typing.get_args(hint) or (hint,) if t is not type(None)),
+           type(None) in typing.get_args(hint))
+    for name, hint in typing.get_type_hints(StudyRequest).items()
+}
+
+
+def flag_names(f: Field) -> list[str]:
+    """The field's flag, long name last: ["-v", "--verbose"], ["--no-refit"], ["--num-samples"]."""
+    flag: Flag = f.metadata["flag"]
+    long = "--" + ("no-" if flag.negated else "") + f.name.replace("_", "-")
+    return [flag.short, long] if flag.short else [long]
+
+
+def value_problem(f: Field, value: Any) -> str | None:
+    """Why `value` cannot be the field's value, as an error naming its flag; None when it can."""
+    flag: Flag = f.metadata["flag"]
+    name = flag_names(f)[-1]
+    kind, optional = KINDS[f.name]
+    if value is None:
+        return None if optional else f"{name}: a value is required"
+    is_bool = isinstance(value, bool)
+    if kind is bool:
+        expected = None if is_bool else "true or false"
+    elif kind is int:
+        expected = None if isinstance(value, numbers.Integral) and not is_bool else "an integer"
+    elif kind is float:
+        expected = None if isinstance(value, numbers.Real) and not is_bool else "a number"
+    elif kind is Path:
+        expected = None if isinstance(value, (str, os.PathLike)) else "a path"
+    else:
+        expected = None if isinstance(value, str) else "a string"
+    if expected:
+        return f"{name} {value!r}: expected {expected}"
+    if kind in (int, float):
+        bound = "" if flag.low is None else f" {'>' if flag.above else '>='} {flag.low:g}"
+        too_low = flag.low is not None and (value <= flag.low if flag.above else value < flag.low)
+        if not math.isfinite(value) or too_low:
+            return f"{name} {value}: expected {'an integer' if kind is int else 'a finite number'}{bound}"
+    if flag.choices is not None and value not in flag.choices:
+        return f"{name} {value!r}: expected one of {', '.join(flag.choices)}"
+    problem = flag.check(value) if flag.check else None
+    return f"{name} {value!r}: {problem}" if problem else None
+
+
+def add_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add a flag for every StudyRequest field to `parser`, in argument groups; its dests are the field names."""
+    groups: dict[str, Any] = {}
+    for f in FIELDS:
+        flag: Flag = f.metadata["flag"]
+        if flag.group not in groups:
+            groups[flag.group] = parser.add_argument_group(flag.group)
+        kind, _ = KINDS[f.name]
+        text = flag.help.replace("%", "%%") + (f" (default: {flag.unset})" if flag.unset else "")
+        if kind is bool:
+            action = "store_false" if flag.negated else "store_true"
+            groups[flag.group].add_argument(*flag_names(f), dest=f.name, action=action, default=f.default, help=text)
+            continue
+        extra: dict[str, Any] = {"required": True} if f.default is MISSING else {"default": f.default}
+        groups[flag.group].add_argument(*flag_names(f), dest=f.name, type=None if kind is str else kind,
+                                        choices=flag.choices, metavar=flag.metavar, help=text, **extra)
+    return parser
 
 
 def is_uri(path: str) -> bool:
@@ -56,44 +242,50 @@ def is_uri(path: str) -> bool:
     return "://" in path
 
 
-def resolve_options(opts: StudyOptions) -> tuple[StudyOptions, SearchSpace]:
-    """Check every input cheaply; raise StudyError / DataError / SearchSpaceError / TrackingError."""
+def search_space_file(request: StudyRequest) -> Path:
+    """--search-space, or by default the repository's search_spaces/<dataset>.yaml."""
+    return Path(request.search_space or SEARCH_SPACES / f"{request.dataset}.yaml")
+
+
+def with_defaults(request: StudyRequest, max_t: int) -> StudyOptions:
+    """`request` with every default filled in and its local paths made absolute; nothing is checked.
+
+    `max_t`: the search space's asha.max_t, the default of max_epochs.
+    """
+    from msdn.study.tracking import default_tracking_uri
+
+    storage = request.storage_path if is_uri(request.storage_path) else str(Path(request.storage_path).resolve())
+    given = {f.name: getattr(request, f.name) for f in FIELDS}
+    return StudyOptions(**{
+        **given,
+        "search_space": search_space_file(request),
+        "max_epochs": max_t if request.max_epochs is None else request.max_epochs,
+        "experiment": request.experiment or f"msdn-{request.dataset}-{request.protocol}",
+        "mlflow_uri": request.mlflow_uri or default_tracking_uri(),
+        "storage_path": storage,
+        "data_root": str(Path(request.data_root).resolve()),
+    })
+
+
+def resolve_options(opts: StudyRequest) -> tuple[StudyOptions, SearchSpace]:
+    """Check every input cheaply, fill in the defaults; raise StudyError / DataError / SearchSpaceError / TrackingError.
+
+    The values themselves were checked when `opts` was made; here what they point at is.
+    """
     from msdn.data import check_data_present
     from msdn.study import tracking
 
-    if opts.dataset not in DATASETS:
-        raise StudyError(f"--dataset {opts.dataset!r}: expected one of {', '.join(DATASETS)}")
-    if opts.protocol not in PROTOCOLS:
-        raise StudyError(f"--protocol {opts.protocol!r}: expected one of {', '.join(PROTOCOLS)}")
-    space = load_search_space(opts.search_space, opts.dataset)
-    for name, value, low in (("--num-samples", opts.num_samples, 1), ("--max-epochs", opts.max_epochs, 1),
-                             ("--max-concurrent", opts.max_concurrent, 1), ("--refit-seeds", opts.refit_seeds, 1)):
-        if value is not None and value < low:
-            raise StudyError(f"{name} {value}: expected an integer >= {low}")
-    if opts.cpus_per_trial <= 0:
-        raise StudyError(f"--cpus-per-trial {opts.cpus_per_trial}: expected a positive number of CPUs")
-    if opts.gpus_per_trial is not None and opts.gpus_per_trial < 0:
-        raise StudyError(f"--gpus-per-trial {opts.gpus_per_trial}: expected 0 or a positive (fractional) GPU share")
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", opts.device):
-        raise StudyError(f"--device {opts.device}: expected auto, cpu, cuda or cuda:N (the device inside each trial; "
-                         f"auto takes the trial's GPU share when it has one)")
-    if not opts.tracking_timeout >= 0:
-        raise StudyError(f"--tracking-timeout {opts.tracking_timeout}: expected a number of seconds >= 0")
+    space = load_search_space(search_space_file(opts), opts.dataset)
     check_data_present(opts.dataset, opts.data_root)
-    uri = opts.mlflow_uri or tracking.default_tracking_uri()
-    tracking.check_tracking_uri(uri)
-    storage = opts.storage_path if is_uri(opts.storage_path) else str(Path(opts.storage_path).resolve())
-    experiment = opts.experiment or f"msdn-{opts.dataset}-{opts.protocol}"
-    resolved = StudyOptions(**{**asdict(opts), "mlflow_uri": uri, "storage_path": storage, "experiment": experiment,
-                               "data_root": str(Path(opts.data_root).resolve()),
-                               "max_epochs": opts.max_epochs or space.asha.max_t})
+    resolved = with_defaults(opts, space.asha.max_t)
+    tracking.check_tracking_uri(resolved.mlflow_uri)
     if resolved.max_epochs < space.asha.grace_period:
         raise StudyError(f"--max-epochs {resolved.max_epochs} is below the ASHA grace period "
                          f"{space.asha.grace_period} of {space.path}; expected --max-epochs >= grace_period")
-    if is_uri(storage):
-        check_object_storage(storage)
+    if is_uri(resolved.storage_path):
+        check_object_storage(resolved.storage_path)
     else:
-        check_local_storage(storage)
+        check_local_storage(resolved.storage_path)
     check_storage(resolved)
     return resolved, space
 
