@@ -23,7 +23,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from .cli import UsageError
-from .yamlfile import YamlFileError, read_yaml, shown
+from .yamlfile import Checks, YamlFileError, read_yaml, shown
 
 # The dataset registry: every --dataset choice, and the benchmarks that come from real images.
 DATASETS = ("cub", "sun", "awa2", "synthetic")
@@ -226,6 +226,16 @@ def value_problem(name: str, value: Any) -> str | None:
     if problem is None and not FIELD_FACTS[name].allows(value):
         problem = FIELD_FACTS[name].expected()
     return problem
+
+
+class FieldChecks(Checks):
+    """Shape checks (msdn.yamlfile.Checks) of a YAML file whose values are TrainConfig fields (a search space)."""
+
+    def check_value(self, key: str, name: str, value: Any) -> None:
+        """The trainer's own check of one field value at `key` (its type, finiteness and FieldFacts range)."""
+        if (problem := value_problem(name, value)) is not None:
+            raise self.error(f"{key} = {shown(value)} is rejected by the trainer ({name}: {problem}); "
+                             f"expected a valid value of {name}")
 
 
 def _type_problem(value: Any, kind: type) -> str | None:

@@ -1,4 +1,5 @@
-"""The one reader of the YAML files people write, and the one way their values appear in error messages.
+"""The YAML files people write: the one reader, the shape checks of what they hold, and the one way their
+values appear in error messages.
 
     from msdn.yamlfile import Checks, YamlFileError, read_yaml, shown
     raw = read_yaml("my.yaml")   # plain dicts, lists, numbers and strings
@@ -20,6 +21,10 @@ but a hand-written configuration never needs is refused, because each lets a sma
 A missing file or a folder raises FileNotFoundError / IsADirectoryError, as `open` does, so that each
 caller keeps its own message for them. A YamlFileError's message completes "<the file> ...", e.g.
 "config file my.yaml " + "is not valid YAML (line 2, column 1: ...)".
+
+`Checks` are the generic checks of the document's shape (a mapping with these keys, a number, an integer,
+a low/high pair) with messages for people: the dotted key, what was found (through `shown`), what was
+expected, and a "did you mean" for a mistyped key.
 """
 from __future__ import annotations
 

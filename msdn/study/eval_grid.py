@@ -6,16 +6,15 @@
 
 alpha (sub-net fusion) and gamma (calibration offset) change no trained weight, so every value of the grid
 is scored from one evaluation of each epoch (msdn.metrics.grid_evaluate) instead of costing a training run
-each. `msdn.study.search_space` calls `parse_eval_grid` with its checks, so that messages name the file and
-the dotted key like those of every other section.
+each. `msdn.study.search_space` calls `parse_eval_grid` with its checks (a FieldChecks), so that messages name
+the file and the dotted key like those of every other section.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
-if TYPE_CHECKING:
-    from msdn.study.search_space import SpaceChecks
+from msdn.config import FieldChecks
 
 EVAL_SETTINGS = ("alpha", "gamma")
 GRID_AXIS_KEYS = ("low", "high", "step")
@@ -45,7 +44,7 @@ class GridAxis:
         return f"{self.name} {self.low:g} to {self.high:g} step {self.step:g} ({len(self.values())} values)"
 
 
-def parse_eval_grid(f: SpaceChecks, space: Mapping, searched: set[str]) -> tuple[GridAxis, ...]:
+def parse_eval_grid(f: FieldChecks, space: Mapping, searched: set[str]) -> tuple[GridAxis, ...]:
     """The optional `eval_grid` mapping of the file `space`: alpha and/or gamma, each {low, high, step}.
 
     Absent: DEFAULT_EVAL_GRID for each setting not searched under params (an explicit `eval_grid: {}` grids
@@ -65,7 +64,7 @@ def parse_eval_grid(f: SpaceChecks, space: Mapping, searched: set[str]) -> tuple
     return tuple(_parse_axis(f, f"eval_grid.{name}", name, raw[name]) for name in EVAL_SETTINGS if name in raw)
 
 
-def _parse_axis(f: SpaceChecks, key: str, name: str, raw: Any) -> GridAxis:
+def _parse_axis(f: FieldChecks, key: str, name: str, raw: Any) -> GridAxis:
     """One axis {low, high, step}: low <= high, step > 0, (high - low) / step whole, values the trainer accepts."""
     raw = f.section(key, raw, GRID_AXIS_KEYS, expected="a mapping such as {low: 0.0, high: 1.0, step: 0.05}")
     low, high = (float(bound) for bound in f.bounds(key, raw))

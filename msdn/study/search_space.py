@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from msdn.config import (DATASETS, FIELD_FACTS, FIELD_NAMES, FIELD_TYPES, TrainConfig, coerce_value, default_config,
-                         value_problem)
+from msdn.config import (DATASETS, FIELD_FACTS, FIELD_NAMES, FIELD_TYPES, FieldChecks, TrainConfig, coerce_value,
+                         default_config)
 from msdn.metrics import SCORE_KEYS, EvalGrid
 from msdn.study.eval_grid import (DEFAULT_EVAL_GRID, EVAL_SETTINGS, GRID_AXIS_KEYS, MAX_GRID_POINTS,  # noqa: F401
                                   GridAxis, parse_eval_grid)
-from msdn.yamlfile import Checks, YamlFileError, as_number, read_yaml, shown, suggest
+from msdn.yamlfile import YamlFileError, as_number, read_yaml, shown, suggest
 
 # The losses msdn.train.Trainer reports after every epoch (its loss terms).
 LOSS_METRICS = ("loss", "loss_ce", "loss_cal", "loss_dis")
@@ -367,8 +367,8 @@ def _parse_point(f: SpaceChecks, key: str, raw: Any, params: tuple[ParamSpec, ..
 # ---------------------------------------------------------------------------------------------------
 # The checks every section shares, bound to the file they report
 
-class SpaceChecks(Checks):
-    """The shape checks (msdn.yamlfile.Checks) reporting `search space <path>: ...`, and the field checks."""
+class SpaceChecks(FieldChecks):
+    """The shape and field-value checks (msdn.config.FieldChecks), reporting `search space <path>: ...`."""
 
     def __init__(self, path: Path) -> None:
         super().__init__(lambda detail: SearchSpaceError(f"search space {path}: {detail}"))
@@ -385,12 +385,6 @@ class SpaceChecks(Checks):
         if not searched and not role.fix:
             raise self.error(f"{section}.{name} cannot be set in a search space: {role.why}; "
                              "expected it removed from fixed")
-
-    def check_value(self, key: str, name: str, value: Any) -> None:
-        """The trainer's own check of one field value (its type and FieldFacts range: alpha in [0, 1], lr > 0, ...)."""
-        if (problem := value_problem(name, value)) is not None:
-            raise self.error(f"{key} = {shown(value)} is rejected by the trainer ({name}: {problem}); "
-                             f"expected a valid value of {name}")
 
     def check_dataset(self, file_dataset: str | None, dataset: str | None) -> None:
         if file_dataset is not None and dataset is not None and dataset != file_dataset:
