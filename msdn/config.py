@@ -111,8 +111,8 @@ SAME_SWEEP = "the calibration sweep must be the same for every trial"
 
 @dataclass
 class TrainConfig:
-    """Everything that defines one MSDN training run. Adding a field here is all it takes: its flag, its
-    validation, what a study may do with it and its run-name label all come from its `option(...)`."""
+    """Everything that defines one MSDN training run. A new field is one `option(...)` line here: its flag,
+    its validation, what a study may do with it and its run-name label all derive from it."""
 
     dataset: str = option("synthetic", "benchmark, and the authors' recipe for the defaults below",
                           group="data and split", choices=DATASETS,
