@@ -14,7 +14,6 @@ scripts, n_train / batch_size iterations of randomly drawn batches; evaluation f
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -27,8 +26,8 @@ import numpy as np
 import torch
 
 from .cli import CheckpointError, UsageError, cli_entry, command_parser, device_flag
-from .config import (DATASET_DEFAULTS, DATASETS, FIELD_NAMES, TrainConfig, coerce_value, default_config,
-                     overrides_from_yaml)
+from .config import (DATASET_DEFAULTS, DATASETS, FIELD_FACTS, FIELD_GROUPS, FIELD_NAMES, FIELD_TYPES, TrainConfig,
+                     coerce_value, default_config, overrides_from_yaml)
 from .data import check_data_present, load_benchmark, make_split, read_rows
 from .device import (PinnedBatches, copy_to_device, feature_budget_bytes, keep_features_on_device, resolve_device,
                      step_reserve_bytes)
@@ -259,42 +258,6 @@ def format_epoch(m: dict[str, Any], total_epochs: int) -> str:
     )
 
 
-# Every TrainConfig field (but dataset) is a flag: its --help group, line and, for some strings, metavar. One
-# place; tests/test_help.py checks that it covers every field.
-CONFIG_GROUPS = ("data and split", "model and loss", "optimisation", "evaluation and calibration", "run")
-CONFIG_FLAGS: dict[str, tuple[str, ...]] = {
-    "data_root": ("data and split", "folder holding the benchmarks (synthetic: written there on first use)", "DIR"),
-    "protocol": ("data and split", "paper: train on trainval, test on test_seen/test_unseen; val: train classes "
-                                   "vs validation classes inside the seen ones (no test image touched)", "{paper,val}"),
-    "val_fraction": ("data and split", "val protocol: share of each train class's images held out as val-seen"),
-    "val_seed": ("data and split", "val protocol: seed of the validation classes and held-out images"),
-    "normalize_v": ("model and loss", "L2-normalise the attribute vectors V"),
-    "margin": ("model and loss", "seen/unseen bias on class scores during training (-m seen, +m unseen)"),
-    "lambda_cal": ("model and loss", "weight of the self-calibration loss"),
-    "lambda_dis": ("model and loss", "weight of the semantic distillation loss"),
-    "ce_over": ("model and loss", "cross-entropy over 'all' classes (the authors' GZSL setting) or 'seen' only",
-                "{all,seen}"),
-    "epochs": ("optimisation", "epochs of n_train / batch_size randomly drawn batches, evaluated after each"),
-    "batch_size": ("optimisation", "images per training batch"),
-    "balanced_batches": ("optimisation", "one image from each of min(seen classes, batch size) classes"),
-    "lr": ("optimisation", "RMSprop learning rate"),
-    "lr_v_factor": ("optimisation", "learning rate of the attribute vectors V = lr * this"),
-    "weight_decay": ("optimisation", "RMSprop weight decay"),
-    "momentum": ("optimisation", "RMSprop momentum"),
-    "rms_alpha": ("optimisation", "RMSprop smoothing constant"),
-    "rms_eps": ("optimisation", "RMSprop epsilon"),
-    "alpha": ("evaluation and calibration", "fused score = alpha * S_a2v + (1 - alpha) * S_v2a"),
-    "gamma": ("evaluation and calibration", "calibrated stacking: offset of unseen-class scores vs seen ones"),
-    "gamma_min": ("evaluation and calibration", "lowest gamma of the sweep that reports the best gamma"),
-    "gamma_max": ("evaluation and calibration", "highest gamma of that sweep"),
-    "gamma_steps": ("evaluation and calibration", "gammas in that sweep"),
-    "eval_batch_size": ("evaluation and calibration", "images per evaluation batch"),
-    "seed": ("run", "seed of the model's initialisation and the batches"),
-    "device": ("run", "auto, cpu, cuda, cuda:1, ...", "DEVICE"),
-    "amp": ("run", "bf16 autocast for the training step (GPU or CPU)"),
-}
-
-
 def _default_words(name: str) -> str:
     """A field's default for --help: one value, or the authors' per-dataset values where they differ."""
     def show(value: Any) -> str:
@@ -322,20 +285,17 @@ def build_parser() -> argparse.ArgumentParser:
         "python -m msdn.train --dataset synthetic --checkpoint run.pt --resume   # rerun to continue",
         "python -m msdn.train --dataset cub --data-root /data/zsl --lambda-dis 0.01 --json",
     )
-    groups = {title: parser.add_argument_group(title) for title in CONFIG_GROUPS}
-    groups["data and split"].add_argument("--dataset", required=True, choices=DATASETS,
-                                          help="benchmark, and the authors' recipe for the defaults below")
-    for f in dataclasses.fields(TrainConfig):
-        if f.name == "dataset":
+    groups = {title: parser.add_argument_group(title) for title in FIELD_GROUPS}
+    for name, facts in FIELD_FACTS.items():  # every field is a flag, from its FieldFacts (msdn/config.py)
+        if name == "dataset":  # the one required flag: its recipe gives the other flags' defaults
+            groups[facts.group].add_argument("--dataset", required=True, choices=DATASETS, help=facts.help)
             continue
-        # .get: a field new to TrainConfig still gets its flag (tests/test_help.py asks for its line)
-        title, text, *metavar = CONFIG_FLAGS.get(f.name, ("run", f"TrainConfig.{f.name}"))
-        kind = type(f.default)
+        kind = FIELD_TYPES[name]
+        metavar = facts.metavar or ("{" + ",".join(facts.choices) + "}" if facts.choices else kind.__name__.upper())
         words = "true/false; " if kind is bool else ""
-        groups[title].add_argument(
-            "--" + f.name.replace("_", "-"), dest=f.name, default=None,
-            metavar=metavar[0] if metavar else kind.__name__.upper(),
-            type=str if kind is bool else kind, help=f"{text} ({words}{_default_words(f.name)})")
+        groups[facts.group].add_argument(
+            "--" + name.replace("_", "-"), dest=name, default=None, metavar=metavar,
+            type=str if kind is bool else kind, help=f"{facts.help} ({words}{_default_words(name)})")
     run = groups["run"]
     run.add_argument("--config", metavar="FILE", help="YAML file of configuration fields (flags override it)")
     run.add_argument("--checkpoint", metavar="FILE", help="save a checkpoint here after every epoch")

@@ -65,7 +65,7 @@ def test_to_dict_round_trips_and_replace_copies():
 @pytest.mark.parametrize("field, value, expected", [
     ("dataset", "imagenet", "dataset='imagenet' (expected one of cub, sun, awa2, synthetic)"),
     ("protocol", "test", "protocol='test' (expected one of paper, val)"),
-    ("ce_over", "unseen", "ce_over='unseen' (expected 'all' or 'seen')"),
+    ("ce_over", "unseen", "ce_over='unseen' (expected one of all, seen)"),
     ("epochs", 0, "epochs=0 (expected >= 1)"),
     ("batch_size", -5, "batch_size=-5 (expected >= 1)"),
     ("eval_batch_size", 0, "eval_batch_size=0 (expected >= 1)"),
@@ -226,3 +226,70 @@ def test_yaml_non_finite_and_loose_booleans_are_refused(tmp_path):
         default_config("cub", **overrides_from_yaml(path))
     with pytest.raises(UsageError, match="is a folder"):
         overrides_from_yaml(tmp_path)
+
+
+# ----------------------------------------------------------------------------- field facts (one place per field)
+def test_every_field_carries_complete_facts():
+    """Each field's `option(...)` says everything the derived views need, and says it consistently."""
+    from dataclasses import fields
+
+    from msdn.config import FIELD_FACTS, FIELD_GROUPS, FieldFacts
+
+    assert list(FIELD_FACTS) == [f.name for f in fields(TrainConfig)]
+    for f in fields(TrainConfig):
+        facts = f.metadata.get("facts")
+        assert isinstance(facts, FieldFacts), f"{f.name} is not declared with option(...)"
+        assert facts.help.strip() and facts.group in FIELD_GROUPS, f.name
+        assert facts.allows(f.default), f"{f.name}: its default {f.default!r} is outside its own range"
+        assert facts.study.fix or not facts.study.search, f"{f.name}: searchable but not fixable"
+        assert facts.study.why or (facts.study.search and facts.study.fix), f"{f.name}: a refusal must say why"
+        if facts.choices is not None:
+            assert FIELD_TYPES[f.name] is str and f.default in facts.choices, f.name
+        if facts.label_rank is not None:
+            assert facts.label, f"{f.name}: a rank without a label"
+    labels = [facts.label for facts in FIELD_FACTS.values() if facts.label]
+    ranks = [facts.label_rank for facts in FIELD_FACTS.values() if facts.label_rank is not None]
+    assert len(set(labels)) == len(labels) and len(set(ranks)) == len(ranks)
+
+
+def out_of_domain(name: str):
+    """A value of the field's type just outside its range or choices (None when any value of the type goes)."""
+    from msdn.config import FIELD_FACTS
+
+    facts = FIELD_FACTS[name]
+    if facts.choices is not None:
+        return "not-" + facts.choices[0]
+    for bound, step in ((facts.ge, -1), (facts.gt, 0), (facts.le, 1), (facts.lt, 0)):
+        if bound is not None:
+            return FIELD_TYPES[name](bound + step)
+    return None
+
+
+@pytest.mark.parametrize("name", sorted(FIELD_NAMES))
+def test_validate_covers_every_field(name):
+    """validate() refuses, for every field, a value of another type and one outside the field's range."""
+    from msdn.config import FIELD_FACTS
+
+    wrong_type = 1.5 if FIELD_TYPES[name] in (int, str, bool) else "text"
+    with pytest.raises(UsageError, match=re.escape(f"{name}={wrong_type!r} (expected")):
+        TrainConfig(**{name: wrong_type}).validate()
+    value = out_of_domain(name)
+    if value is None:
+        assert FIELD_FACTS[name].expected() is None
+        return
+    with pytest.raises(UsageError) as err:
+        TrainConfig(**{name: value}).validate()
+    assert f"{name}={value!r} ({FIELD_FACTS[name].expected()})" in str(err.value)
+
+
+def test_range_words_are_derived_from_the_bounds():
+    from msdn.config import FieldFacts
+
+    facts = lambda **kw: FieldFacts(help="h", group="run", **kw)  # noqa: E731
+    assert facts(ge=1).expected() == "expected >= 1"
+    assert facts(gt=0).expected() == "expected > 0"
+    assert facts(ge=0, le=1, noun="a weight").expected() == "expected a weight in [0, 1]"
+    assert facts(gt=0, lt=1).expected() == "expected in (0, 1)"
+    assert facts(ge=-2.5, lt=3).expected() == "expected in [-2.5, 3)"
+    assert facts(choices=("a", "b")).expected() == "expected one of a, b"
+    assert facts().expected() is None and facts().allows(123)

@@ -118,13 +118,22 @@ def test_help_examples_parse(command):
 
 
 def test_train_flags_cover_every_config_field_once():
-    from msdn.config import FIELD_NAMES
-    from msdn.train import CONFIG_FLAGS, CONFIG_GROUPS, build_parser as train_parser
+    """Each TrainConfig field is one flag, in the group and with the help its FieldFacts give (msdn/config.py)."""
+    from msdn.config import FIELD_FACTS, FIELD_GROUPS, FIELD_NAMES
+    from msdn.train import build_parser as train_parser
 
-    assert set(CONFIG_FLAGS) == FIELD_NAMES - {"dataset"}
-    assert {entry[0] for entry in CONFIG_FLAGS.values()} <= set(CONFIG_GROUPS)
+    parser = train_parser()
+    flags = {action.dest: action for action in parser._actions if action.dest in FIELD_NAMES}
+    assert set(flags) == FIELD_NAMES
+    for group in parser._action_groups:
+        for action in group._group_actions:
+            if action.dest in FIELD_NAMES:
+                assert group.title == FIELD_FACTS[action.dest].group, action.dest
+                assert action.help.startswith(FIELD_FACTS[action.dest].help), action.dest
+    titles = [group.title for group in parser._action_groups]
+    assert [t for t in titles if t in FIELD_GROUPS] == list(FIELD_GROUPS)  # the groups in FIELD_GROUPS' order
     # None means "not given": the dataset's recipe, then --config, decide (config_from_args)
-    args = train_parser().parse_args(["--dataset", "cub"])
+    args = parser.parse_args(["--dataset", "cub"])
     assert all(getattr(args, name) is None for name in FIELD_NAMES - {"dataset"})
 
 

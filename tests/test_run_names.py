@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import pytest
 
+from msdn.config import FIELD_FACTS, TrainConfig
 from msdn.study.results import BASELINE, TUNED
-from msdn.study.tracking.names import (MAX_NAME_CHARS, compact, refit_run_name, trial_number, trial_run_name,
-                                       trial_run_name_of)
+from msdn.study.tracking.names import (MAX_NAME_CHARS, PARAM_LABELS, compact, refit_run_name, trial_number,
+                                       trial_run_name, trial_run_name_of)
 
 # A trial of the synthetic search space, as Tune samples it (search_spaces/synthetic.yaml's order).
 SYNTHETIC = {"lambda_dis": 0.0020137, "lambda_cal": 0.12345, "lr": 0.00031234, "lr_v_factor": 1.234,
@@ -62,3 +63,18 @@ def test_trial_name_of_a_tune_trial():
 def test_refit_names():
     assert refit_run_name(TUNED, 3) == "refit tuned seed=3"
     assert refit_run_name(BASELINE, 214) == "refit authors seed=214"
+
+
+def test_labels_come_from_the_fields_in_their_preference_order():
+    """PARAM_LABELS is derived from TrainConfig's field facts (label, label_rank); the order is the preference.
+    These labels keep their order; a field added later with a label joins them without editing this test."""
+    expected = [("lr", "lr"), ("lambda_dis", "λdis"), ("lambda_cal", "λcal"), ("weight_decay", "wd"),
+                ("lr_v_factor", "lrV"), ("momentum", "mom"), ("alpha", "α"), ("gamma", "γ"), ("batch_size", "bs")]
+    assert [item for item in PARAM_LABELS.items() if item in expected] == expected
+    assert PARAM_LABELS == {name: facts.label for name, facts in FIELD_FACTS.items() if facts.label}
+
+
+@pytest.mark.parametrize("name", sorted(n for n, facts in FIELD_FACTS.items() if facts.study.search))
+def test_every_searchable_field_has_a_name_part(name):
+    value = getattr(TrainConfig(), name)
+    assert trial_run_name(1, {name: value}) == f"t01 {FIELD_FACTS[name].label or name}={compact(value)}"

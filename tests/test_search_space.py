@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from msdn.config import DATASETS, default_config
+from msdn.config import DATASETS, FIELD_FACTS, TrainConfig, default_config
 from msdn.metrics import EvalGrid
 from msdn.study.search_space import SearchSpaceError, load_search_space
 
@@ -447,3 +447,29 @@ def test_eval_grid_must_hold_the_authors_values(tmp_path):
     assert_error(write(tmp_path, space), "gamma = 2.0 is not a value of the grid gamma 0 to 1 step 0.5")
     space["searcher"]["start_from_defaults"] = False
     load_search_space(write(tmp_path, space), dataset="sun")
+
+
+# --- every TrainConfig field, as its FieldFacts say (msdn/config.py) ---------------------------------
+
+@pytest.mark.parametrize("name", sorted(FIELD_FACTS))
+def test_every_field_is_searched_or_fixed_as_its_facts_say(tmp_path, name):
+    """params: and fixed: accept exactly the fields whose FieldFacts.study allows it, and say why not."""
+    default = getattr(TrainConfig(), name)
+    role = FIELD_FACTS[name].study
+    other = "lr" if name != "lr" else "lambda_dis"  # a searched field besides `name` (params must not be empty)
+    space = base_space()
+    space["searcher"]["start_from_defaults"] = False
+    space["fixed"] = {}
+    space["params"] = {other: {"distribution": "uniform", "low": 1e-4, "high": 1e-3}}
+    searched = {**space, "params": {**space["params"], name: {"distribution": "choice", "values": [default]}}}
+    if role.search:
+        assert name in load_search_space(write(tmp_path, searched, "searched.yaml"), dataset=None).param_names
+    else:
+        assert_error(write(tmp_path, searched, "searched.yaml"), f"params.{name} cannot be searched: {role.why}",
+                     dataset=None)
+    fixed = {**space, "fixed": {name: default}}
+    if role.fix:
+        assert load_search_space(write(tmp_path, fixed, "fixed.yaml"), dataset=None).fixed == {name: default}
+    else:
+        assert_error(write(tmp_path, fixed, "fixed.yaml"), f"fixed.{name} cannot be set in a search space: {role.why}",
+                     dataset=None)

@@ -1,6 +1,7 @@
 """The study wiring: the only part of msdn that knows Ray Tune, Optuna and MLflow exist.
 
     search_space.py  the YAML search space files: parser and validation
+    eval_grid.py     their eval_grid section: the alpha x gamma values every evaluation scores
     options.py       StudyRequest (the flags, one field each) -> resolve_options -> StudyOptions; StudyError
     cluster.py       Ray: connecting, trial resources, per-node storage and data checks
     trainable.py     one trial: a Trainer driven epoch by epoch, reporting to Tune

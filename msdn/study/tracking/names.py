@@ -12,14 +12,15 @@ import math
 import re
 from typing import Any, Mapping
 
+from msdn.config import FIELD_FACTS
 from msdn.study.results import BASELINE, TUNED
 
-# Searched parameter -> its label in a run name. The order is the preference: a trial's name shows the
-# first of these the study searches, then any other searched parameter under its own name.
-PARAM_LABELS = {
-    "lr": "lr", "lambda_dis": "λdis", "lambda_cal": "λcal", "weight_decay": "wd", "lr_v_factor": "lrV",
-    "momentum": "mom", "alpha": "α", "gamma": "γ", "batch_size": "bs",
-}
+# Searched parameter -> its label in a run name, from the fields' `label` and `label_rank` (msdn/config.py).
+# The order is the preference: a trial's name shows the first of these the study searches, then any other
+# searched parameter under its own name.
+PARAM_LABELS = {name: facts.label for name, facts in
+                sorted(((n, f) for n, f in FIELD_FACTS.items() if f.label is not None),
+                       key=lambda item: item[1].label_rank if item[1].label_rank is not None else math.inf)}
 MAX_NAMED_PARAMS = 3  # the UI's Run Name column shows about 25 characters before it cuts: the first matter most
 MAX_NAME_CHARS = 60
 REFIT_LABELS = {TUNED: "tuned", BASELINE: "authors"}
