@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from msdn.checkpoint import CHECKPOINT_FILE
 from msdn.config import DATASET_DEFAULTS, TrainConfig, default_config, overrides_from_yaml
 from msdn.study.options import StudyOptions
-from msdn.study.refit import (BEST_CONFIG_FILE, CHECKPOINT_FILE, RESULT_FILE, RefitSpec, RefitStore, refit_and_test,
+from msdn.study.refit import (BEST_CONFIG_FILE, RESULT_FILE, RefitSpec, RefitStore, refit_and_test,
                               refit_plan, refit_seeds, tuned_config, write_best_config)
 from msdn.study.results import BASELINE, TUNED, RefitResult, Refits, TrialSummary
 from msdn.study.stats import paired_difference, t_interval

@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from msdn.study.checkpoints import CHECKPOINT_FILE, restorable_checkpoint
+from msdn.checkpoint import CHECKPOINT_FILE
+from msdn.study.checkpoints import restorable_checkpoint
 
 if TYPE_CHECKING:
     from msdn.metrics import EvalGrid
