@@ -11,7 +11,6 @@ naming it; the command then exits with 2 (msdn.cli).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -26,7 +25,7 @@ from .checkpoint import (check_shapes, checkpoint_config, describe, model_from_c
 from .cli import CheckpointError, cli_entry, command_parser, device_flag
 from .config import DATASET_DEFAULTS, DATASETS, PROTOCOLS, TrainConfig, default_config
 from .data import Benchmark, ZSLSplit, check_data_present, load_benchmark, make_split, read_rows
-from .metrics import EvalGrid, GZSLResult, fuse_scores, grid_evaluate, gzsl_evaluate
+from .metrics import EvalGrid, GZSLResult, fuse_scores, gzsl_evaluate
 from .model import MSDN
 from .progress import to_stderr
 
@@ -96,24 +95,17 @@ def evaluate_model(
     device: torch.device | str = "cpu",
     feature_cache: Tensor | None = None,
 ) -> GZSLResult:
-    """S/U/H at (`alpha`, `gamma`), ZSL accuracy and the calibration curve over `gammas`, from one forward pass.
+    """S/U/H at (`alpha`, `gamma`), ZSL accuracy, the settings `grid` and the calibration curve, from one forward pass.
 
-    Both sub-nets' scores are kept, so the settings `grid` (alpha x gamma, `msdn.metrics.grid_evaluate`), when
-    given, costs no further forward pass.
+    Both sub-nets' scores are kept, so the settings grid (alpha x gamma; None: `alpha` x `gammas`) costs no
+    further forward pass (`msdn.metrics.gzsl_evaluate`).
     `labels` are per-image class indices into the model's classes (the split's remapped labels).
     """
     kwargs = dict(batch_size=batch_size, device=device, feature_cache=feature_cache)
     seen_a2v, seen_v2a = subnet_scores(model, features, seen_idx, **kwargs)
     unseen_a2v, unseen_v2a = subnet_scores(model, features, unseen_idx, **kwargs)
-    unseen = (~model.seen).cpu().numpy()
-    seen_labels, unseen_labels = labels[seen_idx], labels[unseen_idx]
-    result = gzsl_evaluate(fuse_scores(seen_a2v, seen_v2a, alpha), seen_labels,
-                           fuse_scores(unseen_a2v, unseen_v2a, alpha), unseen_labels, unseen, gamma, gammas)
-    if grid is None:
-        return result
-    alphas, grid_gammas = grid.axes(alpha, gamma)
-    return dataclasses.replace(result, grid=grid_evaluate(seen_a2v, seen_v2a, seen_labels, unseen_a2v, unseen_v2a,
-                                                          unseen_labels, unseen, alphas, grid_gammas))
+    return gzsl_evaluate(seen_a2v, seen_v2a, labels[seen_idx], unseen_a2v, unseen_v2a, labels[unseen_idx],
+                         (~model.seen).cpu().numpy(), alpha=alpha, gamma=gamma, gammas=gammas, grid=grid)
 
 
 def is_authors_state_dict(state: Mapping[str, Tensor]) -> bool:
@@ -248,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         print(f"{args.dataset} ({config.protocol} split, alpha={config.alpha}, gamma={config.gamma}): "
               f"S={summary['S']:.4f} U={summary['U']:.4f} H={summary['H']:.4f} ZSL={summary['zsl_acc']:.4f} | "
-              f"best gamma {summary['best_gamma']:.2f}: H={summary['H_best_gamma']:.4f}")
+              f"grid alpha {summary['grid_alpha']:.2f} gamma {summary['grid_gamma']:.2f}: H={summary['H_grid']:.4f}")
     return 0
 
 

@@ -48,7 +48,8 @@ class Trainer:
     On a GPU, `gpu_share` is the run's fraction of the device (a Ray trial's GPU share; None: the whole
     device is ours) and bounds the memory the resident feature array may take (`msdn.device`).
     `resident_features`, the array already on the device (kept by a reused worker), skips the copy.
-    `eval_grid` (alpha x gamma) is swept after every evaluation, from the same forward pass (`msdn.metrics`).
+    `eval_grid` (alpha x gamma; None: the configured alpha x the gamma sweep) is swept after every evaluation,
+    from the same forward pass (`msdn.metrics.gzsl_evaluate`).
     """
 
     def __init__(self, config: TrainConfig, bench=None, split=None, *, progress: Progress = print,
@@ -202,10 +203,8 @@ def format_epoch(m: dict[str, Any], total_epochs: int) -> str:
     return (
         f"epoch {m['epoch']:3d}/{total_epochs} | loss {m['loss']:.4f} (ce {m['loss_ce']:.4f} cal {m['loss_cal']:.4f} "
         f"dis {m['loss_dis']:.4f}) | S {m['S']:.4f} U {m['U']:.4f} H {m['H']:.4f} ZSL {m['zsl_acc']:.4f} "
-        f"@gamma {m['gamma']:.2f} | best gamma {m['best_gamma']:.2f}: H {m['H_best_gamma']:.4f} | "
-        + (f"grid alpha {m['grid_alpha']:.2f} gamma {m['grid_gamma']:.2f}: H {m['H_grid']:.4f} | " if "H_grid" in m
-           else "")
-        + f"{m['epoch_time']:.1f}s"
+        f"@gamma {m['gamma']:.2f} | grid alpha {m['grid_alpha']:.2f} gamma {m['grid_gamma']:.2f}: "
+        f"H {m['H_grid']:.4f} | {m['epoch_time']:.1f}s"
     )
 
 
