@@ -67,7 +67,11 @@ class Run:
 
 
 def train_and_evaluate(run: Run) -> list[dict[str, Any]]:
-    """Train `run` and evaluate after every epoch; per epoch: H, H at the best gamma, that gamma, the H curve."""
+    """Train `run` and evaluate after every epoch; per epoch: H, H at the best gamma, that gamma, the H curve.
+
+    The Trainer has no study grid, so its grid is the recipe's alpha x the gamma sweep: H_grid and grid_gamma are
+    the calibration curve's best H and the gamma reaching it (msdn.metrics).
+    """
     import torch
 
     from msdn.train import Trainer
@@ -79,7 +83,7 @@ def train_and_evaluate(run: Run) -> list[dict[str, Any]]:
     epochs = []
     for metrics in trainer.run():
         curve = trainer.last_result.curve
-        epochs.append({"H": metrics["H"], "H_best_gamma": metrics["H_best_gamma"], "best_gamma": metrics["best_gamma"],
+        epochs.append({"H": metrics["H"], "H_grid": metrics["H_grid"], "grid_gamma": metrics["grid_gamma"],
                        "gamma": metrics["gamma"], "curve_gamma": curve.gammas.tolist(),
                        "curve_H": curve.harmonic.tolist()})
     return epochs
@@ -103,14 +107,14 @@ class SeedOutcome:
 def assess(seed: int, test: list[dict[str, Any]], val: list[dict[str, Any]]) -> SeedOutcome:
     """The procedures' test H from one run on trainval evaluated on test (`test`) and one on the validation
     protocol (`val`), both per epoch. Ties go to the earliest epoch, as a study's best epoch does."""
-    i = int(np.argmax([e["H_best_gamma"] for e in test]))
-    j = int(np.argmax([e["H_best_gamma"] for e in val]))
-    gamma = val[j]["best_gamma"]
+    i = int(np.argmax([e["H_grid"] for e in test]))
+    j = int(np.argmax([e["H_grid"] for e in val]))
+    gamma = val[j]["grid_gamma"]
     at = test[j]  # the retrained model: run (a) after j + 1 epochs, the same steps
     k = int(np.argmin(np.abs(np.asarray(at["curve_gamma"]) - gamma)))
-    return SeedOutcome(seed=seed, paper=test[i]["H_best_gamma"], paper_epoch=max(e["H"] for e in test),
+    return SeedOutcome(seed=seed, paper=test[i]["H_grid"], paper_epoch=max(e["H"] for e in test),
                        leak_free=at["curve_H"][k], no_selection=test[-1]["H"], test_epoch=i + 1,
-                       test_gamma=test[i]["best_gamma"], val_epoch=j + 1, val_gamma=gamma)
+                       test_gamma=test[i]["grid_gamma"], val_epoch=j + 1, val_gamma=gamma)
 
 
 def report(outcomes: list[SeedOutcome], dataset: str, epochs: int, recipe_gamma: float) -> list[str]:

@@ -43,6 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import torch  # noqa: E402,F401  (before Ray and h5py: see tune/run.py)
 
+from msdn.checkpoint import CHECKPOINT_FILE  # noqa: E402
 from msdn.study import timing  # noqa: E402
 
 REALDATA = REPO.parent / "shared" / "realdata"
@@ -403,7 +404,7 @@ def cub_scaling(run: StudyRun, figures: dict[str, Any], workdir: Path) -> dict[s
     train = statistics.median(float(r["train_time"]) for r in rows)
     evaluate = statistics.median(float(r["eval_time"]) for r in rows)
     cub_epoch = train * full_train / sub_train + evaluate * full_eval / sub_eval
-    checkpoints = sorted(Path(run.opts.storage_path).rglob("trainer.pt"))
+    checkpoints = sorted(Path(run.opts.storage_path).rglob(f"checkpoint_*/{CHECKPOINT_FILE}"))  # the trials' ones
     cost = (figures["checkpoint_per_epoch_s"] or 0.0) + (figures["report_per_epoch_s"] or 0.0)
     return {"subset_epoch_s": train + evaluate, "cub_epoch_s": cub_epoch, "cub_train_images": full_train,
             "cub_eval_images": full_eval,

@@ -157,7 +157,7 @@ class TrainConfig:
                           ge=0, le=1, noun="a weight", label="α", label_rank=7)
     gamma: float = option(2.0, "calibrated stacking: offset of unseen-class scores vs seen ones",
                           group="evaluation and calibration", label="γ", label_rank=8)
-    gamma_min: float = option(-2.0, "lowest gamma of the sweep that reports the best gamma",
+    gamma_min: float = option(-2.0, "lowest gamma of the sweep that chooses grid_gamma (without a study grid)",
                               group="evaluation and calibration", study=fixed_only(SAME_SWEEP))
     gamma_max: float = option(6.0, "highest gamma of that sweep", group="evaluation and calibration",
                               study=fixed_only(SAME_SWEEP))

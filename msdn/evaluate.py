@@ -11,23 +11,21 @@ naming it; the command then exits with 2 (msdn.cli).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import pickle
-import re
 import sys
-import warnings
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .cli import CheckpointError, UsageError, cli_entry, command_parser, device_flag
-from .config import DATASET_DEFAULTS, DATASETS, FIELD_NAMES, PROTOCOLS, TrainConfig, default_config
+from .checkpoint import (check_shapes, checkpoint_config, describe, model_from_checkpoint, read_checkpoint,
+                         required_tensors)
+from .cli import CheckpointError, cli_entry, command_parser, device_flag
+from .config import DATASET_DEFAULTS, DATASETS, PROTOCOLS, TrainConfig, default_config
 from .data import Benchmark, ZSLSplit, check_data_present, load_benchmark, make_split, read_rows
-from .metrics import EvalGrid, GZSLResult, fuse_scores, grid_evaluate, gzsl_evaluate
+from .metrics import EvalGrid, GZSLResult, fuse_scores, gzsl_evaluate
 from .model import MSDN
 from .progress import to_stderr
 
@@ -97,126 +95,22 @@ def evaluate_model(
     device: torch.device | str = "cpu",
     feature_cache: Tensor | None = None,
 ) -> GZSLResult:
-    """S/U/H at (`alpha`, `gamma`), ZSL accuracy and the calibration curve over `gammas`, from one forward pass.
+    """S/U/H at (`alpha`, `gamma`), ZSL accuracy, the settings `grid` and the calibration curve, from one forward pass.
 
-    Both sub-nets' scores are kept, so the settings `grid` (alpha x gamma, `msdn.metrics.grid_evaluate`), when
-    given, costs no further forward pass.
+    Both sub-nets' scores are kept, so the settings grid (alpha x gamma; None: `alpha` x `gammas`) costs no
+    further forward pass (`msdn.metrics.gzsl_evaluate`).
     `labels` are per-image class indices into the model's classes (the split's remapped labels).
     """
     kwargs = dict(batch_size=batch_size, device=device, feature_cache=feature_cache)
     seen_a2v, seen_v2a = subnet_scores(model, features, seen_idx, **kwargs)
     unseen_a2v, unseen_v2a = subnet_scores(model, features, unseen_idx, **kwargs)
-    unseen = (~model.seen).cpu().numpy()
-    seen_labels, unseen_labels = labels[seen_idx], labels[unseen_idx]
-    result = gzsl_evaluate(fuse_scores(seen_a2v, seen_v2a, alpha), seen_labels,
-                           fuse_scores(unseen_a2v, unseen_v2a, alpha), unseen_labels, unseen, gamma, gammas)
-    if grid is None:
-        return result
-    alphas, grid_gammas = grid.axes(alpha, gamma)
-    return dataclasses.replace(result, grid=grid_evaluate(seen_a2v, seen_v2a, seen_labels, unseen_a2v, unseen_v2a,
-                                                          unseen_labels, unseen, alphas, grid_gammas))
+    return gzsl_evaluate(seen_a2v, seen_v2a, labels[seen_idx], unseen_a2v, unseen_v2a, labels[unseen_idx],
+                         (~model.seen).cpu().numpy(), alpha=alpha, gamma=gamma, gammas=gammas, grid=grid)
 
 
 def is_authors_state_dict(state: Mapping[str, Tensor]) -> bool:
     """Whether `state` looks like the authors' MSDN state dict (two or more of its keys, none of ours)."""
     return "model" not in state and sum(key in state for key in AUTHORS_KEYS) >= 2
-
-
-def _describe(value: object) -> str:
-    if isinstance(value, Tensor):
-        return f"a tensor of shape {tuple(value.shape)}"
-    return f"a {type(value).__name__}"
-
-
-def _load_failure(exc: BaseException, head: bytes) -> str:
-    """What torch.load's exception means, in a phrase (its own texts are pages long or bare, e.g. '101').
-
-    `head` is the file's first bytes: a zip signature means torch.save's format, damaged.
-    """
-    text = str(exc)
-    refused = re.search(r"GLOBAL ([\w.]+)", text)
-    if refused:
-        return (f"it refers to {refused.group(1)}, which is refused: only tensors and plain containers are loaded "
-                "(torch.load with weights_only=True), because unpickling other objects can run code")
-    if isinstance(exc, EOFError):
-        return "the file is empty or truncated"
-    if "zip archive" in text or "central directory" in text or head.startswith(b"PK\x03\x04"):
-        return "a damaged or truncated zip archive"
-    if "Weights only load failed" in text or isinstance(exc, (KeyError, pickle.UnpicklingError, UnicodeDecodeError)):
-        return "its bytes are not a pickle or zip archive written by torch.save"
-    first = (text.strip().splitlines() or [""])[0][:160]
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
-
-
-def read_checkpoint(path: str | Path, flag: str = "--checkpoint") -> Any:
-    """torch.load(path, weights_only=True) on the CPU; a CheckpointError that names the file when it cannot."""
-    path = Path(path)
-    if path.is_dir():
-        raise CheckpointError(f"{flag} {path} is a folder; expected a checkpoint file")
-    if not path.is_file():
-        raise FileNotFoundError(f"{flag} {path}: no such file")
-    try:
-        with warnings.catch_warnings():  # torch warns about the pickle protocol of foreign files
-            warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # any damage shows up as some exception inside the unpickler
-        with open(path, "rb") as fh:
-            head = fh.read(4)
-        raise CheckpointError(f"{flag} {path}: cannot be read as a checkpoint ({_load_failure(exc, head)}); expected "
-                              "a file written by msdn.train, or an authors' MSDN state dict saved with torch.save"
-                              ) from None
-
-
-def state_dict_problems(state: Mapping[str, Any], expected: Mapping[str, Tensor]) -> list[str]:
-    """Missing keys, unexpected keys and tensors whose shape differs from `expected`, one phrase each."""
-    problems = []
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    if missing:
-        problems.append(f"missing keys {missing}")
-    if unexpected:
-        problems.append(f"unexpected keys {unexpected[:8]}")
-    for key, want in expected.items():
-        if key in state:
-            got = state[key]
-            if not isinstance(got, Tensor) or tuple(got.shape) != tuple(want.shape):
-                problems.append(f"{key}: {_describe(got)}, expected shape {tuple(want.shape)}")
-    return problems
-
-
-def checkpoint_config(ckpt: Mapping[str, Any], path: str | Path, flag: str = "--checkpoint") -> TrainConfig:
-    """The TrainConfig stored in one of our checkpoints; CheckpointError when it is absent or invalid."""
-    raw = ckpt.get("config")
-    if not isinstance(raw, Mapping):
-        raise CheckpointError(f"{flag} {path}: its 'config' is {_describe(raw)}; expected the run's configuration "
-                              "(a mapping of TrainConfig fields)")
-    unknown = sorted(set(raw) - FIELD_NAMES, key=str)
-    if unknown:
-        raise CheckpointError(f"{flag} {path}: its config has unknown keys {unknown}; expected TrainConfig fields "
-                              "(a checkpoint of another version of msdn-tune?)")
-    try:
-        return TrainConfig(**raw).validate()
-    except UsageError as exc:
-        raise CheckpointError(f"{flag} {path}: its config is not valid ({exc})") from None
-
-
-def _weights(state: Mapping[str, Any], keys: tuple[str, ...], where: str, what: str) -> dict[str, Tensor]:
-    """The tensors `keys` of a state dict; a CheckpointError listing the missing or non-tensor ones."""
-    missing = [k for k in keys if k not in state]
-    wrong = [f"{k} ({_describe(state[k])})" for k in keys if k in state and not isinstance(state[k], Tensor)]
-    if missing or wrong:
-        found = sorted(map(str, state))[:12]
-        raise CheckpointError(f"{where}: {what} lacks {missing or 'no key'}"
-                              f"{'; not tensors: ' + ', '.join(wrong) if wrong else ''}; expected the keys "
-                              f"{list(keys)} (found {found})")
-    return {k: state[k] for k in keys}
-
-
-def _shape_check(shapes: Mapping[str, tuple[tuple[int, ...], tuple[int, ...]]], where: str, what: str) -> None:
-    """CheckpointError when a tensor's shape differs from the one the others imply: name -> (found, expected)."""
-    bad = [f"{k} {found} (expected {want})" for k, (found, want) in shapes.items() if tuple(found) != tuple(want)]
-    if bad:
-        raise CheckpointError(f"{where}: {what} has tensors of inconsistent shapes: {'; '.join(bad)}")
 
 
 def model_from_authors_state_dict(state: Mapping[str, Tensor], *, normalize_v: bool = False,
@@ -228,12 +122,12 @@ def model_from_authors_state_dict(state: Mapping[str, Tensor], *, normalize_v: b
     A missing key or a shape that does not fit the others is a CheckpointError naming it.
     """
     where = f"--checkpoint {path}" if path is not None else "the state dict"
-    w = _weights(state, AUTHORS_KEYS, where, "the authors' MSDN state dict")
+    w = required_tensors(state, AUTHORS_KEYS, where, "the authors' MSDN state dict")
     if w["V"].dim() != 2 or w["att"].dim() != 2 or w["W_1"].dim() != 2:
         raise CheckpointError(f"{where}: V, att and W_1 have shapes {tuple(w['V'].shape)}, "
                               f"{tuple(w['att'].shape)} and {tuple(w['W_1'].shape)}; expected matrices")
     (n_att, dim_v), n_classes, n_channels = w["V"].shape, w["att"].shape[0], w["W_1"].shape[1]
-    _shape_check({
+    check_shapes({
         "W_1": (w["W_1"].shape, (dim_v, n_channels)), "W_2": (w["W_2"].shape, (dim_v, n_channels)),
         "W_1_1": (w["W_1_1"].shape, (n_channels, dim_v)), "W_2_1": (w["W_2_1"].shape, (dim_v, n_channels)),
         "att": (w["att"].shape, (n_classes, n_att)), "mask_bias": ((w["mask_bias"].numel(),), (n_classes,)),
@@ -250,28 +144,6 @@ def model_from_authors_state_dict(state: Mapping[str, Tensor], *, normalize_v: b
     return model
 
 
-def model_from_checkpoint(ckpt: Mapping[str, Any], path: str | Path) -> MSDN:
-    """Our MSDN from one of our checkpoints (ckpt['model'], ckpt['config']); CheckpointError when it does not fit."""
-    path = Path(path)
-    cfg = checkpoint_config(ckpt, path)
-    weights = ckpt.get("model")
-    if not isinstance(weights, Mapping):
-        raise CheckpointError(f"--checkpoint {path}: its 'model' is {_describe(weights)}; expected a state dict")
-    w = _weights(weights, ("V", "att", "seen", "W_1"), f"--checkpoint {path}", "its model state dict")
-    if w["V"].dim() != 2 or w["att"].dim() != 2 or w["W_1"].dim() != 2 or w["seen"].dim() != 1:
-        raise CheckpointError(f"--checkpoint {path}: V, att, W_1 and seen have shapes {tuple(w['V'].shape)}, "
-                              f"{tuple(w['att'].shape)}, {tuple(w['W_1'].shape)} and {tuple(w['seen'].shape)}; "
-                              "expected three matrices and a vector")
-    _shape_check({"att": (w["att"].shape, (w["seen"].shape[0], w["V"].shape[0]))}, f"--checkpoint {path}",
-                 "its model state dict")
-    model = MSDN(torch.zeros(w["V"].shape), w["att"], w["seen"], w["W_1"].shape[1], normalize_v=cfg.normalize_v)
-    problems = state_dict_problems(weights, model.state_dict())
-    if problems:
-        raise CheckpointError(f"--checkpoint {path}: its model state dict does not fit MSDN: {'; '.join(problems)}")
-    model.load_state_dict(weights)
-    return model
-
-
 def load_checkpoint_model(path: str | Path, config: TrainConfig | None = None) -> tuple[MSDN, dict]:
     """Load `path` (ours or the authors'); returns the model and our checkpoint dict (empty for theirs).
 
@@ -285,7 +157,7 @@ def load_checkpoint_model(path: str | Path, config: TrainConfig | None = None) -
     if isinstance(state, Mapping) and is_authors_state_dict(state):
         normalize_v = config.normalize_v if config is not None else False
         return model_from_authors_state_dict(state, normalize_v=normalize_v, path=path), {}
-    found = sorted(map(str, state))[:12] if isinstance(state, Mapping) else _describe(state)
+    found = sorted(map(str, state))[:12] if isinstance(state, Mapping) else describe(state)
     raise CheckpointError(
         f"--checkpoint {path}: not an msdn-tune checkpoint (keys 'model', 'config', ...) nor an authors' MSDN "
         f"state dict (keys {list(AUTHORS_KEYS)}); found {found}"
@@ -368,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         print(f"{args.dataset} ({config.protocol} split, alpha={config.alpha}, gamma={config.gamma}): "
               f"S={summary['S']:.4f} U={summary['U']:.4f} H={summary['H']:.4f} ZSL={summary['zsl_acc']:.4f} | "
-              f"best gamma {summary['best_gamma']:.2f}: H={summary['H_best_gamma']:.4f}")
+              f"grid alpha {summary['grid_alpha']:.2f} gamma {summary['grid_gamma']:.2f}: H={summary['H_grid']:.4f}")
     return 0
 
 

@@ -13,6 +13,11 @@ classes, an image's prediction is either its best seen class or its best unseen 
 whole curve follows from those two per image. The settings grid (`grid_evaluate`) applies this to
 every alpha of a grid: S/U/H over alpha x gamma from one forward pass of each sub-net, which is how
 a study chooses these two evaluation-time settings on validation without training once per value.
+
+Every evaluation (`gzsl_evaluate`) reports the figures at the configured (alpha, gamma) and the grid's
+best (GRID_KEYS). Without a study's grid, the grid is the configured alpha x the configuration's gamma
+sweep, so its best is the calibration curve's best gamma. The calibration curve drawn in the plots is
+the grid's slice at the configured alpha.
 """
 from __future__ import annotations
 
@@ -57,14 +62,6 @@ class CalibrationCurve:
     seen: np.ndarray  # S at each gamma
     unseen: np.ndarray  # U at each gamma
     harmonic: np.ndarray  # H at each gamma
-
-    @property
-    def best_index(self) -> int:
-        return int(np.argmax(self.harmonic))  # first maximum: the smallest such gamma
-
-    @property
-    def best_gamma(self) -> float:
-        return float(self.gammas[self.best_index])
 
 
 def _best_seen_and_unseen(scores: np.ndarray, unseen: np.ndarray):
@@ -147,6 +144,15 @@ class GridResult:
         i, j = np.unravel_index(int(np.argmax(self.harmonic)), self.harmonic.shape)
         return int(i), int(j)
 
+    def curve_at(self, alpha: float) -> CalibrationCurve | None:
+        """The grid's row at `alpha` as a calibration curve; None when `alpha` is not one of the grid's alphas."""
+        rows = np.flatnonzero(self.alphas == alpha)
+        if rows.size == 0:
+            return None
+        i = int(rows[0])
+        return CalibrationCurve(gammas=self.gammas, seen=self.seen[i], unseen=self.unseen[i],
+                                harmonic=self.harmonic[i])
+
     def at_best(self) -> dict[str, float]:
         """The grid's best H with its S, U and the (alpha, gamma) that reach it, keyed as in GRID_KEYS."""
         i, j = self.best_index
@@ -179,70 +185,67 @@ def grid_evaluate(
 
 @dataclass(frozen=True)
 class GZSLResult:
-    """Metrics at the configured (alpha, gamma), conventional ZSL, the calibration curve over gamma at the
-    configured alpha, and (when evaluated) the settings grid over alpha x gamma."""
+    """Metrics at the configured (alpha, gamma), conventional ZSL, the settings grid over alpha x gamma, and the
+    calibration curve over gamma at the configured alpha (for plots)."""
 
     S: float
     U: float
     H: float
     zsl_acc: float
     gamma: float
+    grid: GridResult = field(repr=False)
     curve: CalibrationCurve = field(repr=False)
-    grid: GridResult | None = field(default=None, repr=False)
-
-    @property
-    def best_gamma(self) -> float:
-        return self.curve.best_gamma
-
-    @property
-    def H_best_gamma(self) -> float:
-        return float(self.curve.harmonic[self.curve.best_index])
-
-    @property
-    def S_best_gamma(self) -> float:
-        return float(self.curve.seen[self.curve.best_index])
-
-    @property
-    def U_best_gamma(self) -> float:
-        return float(self.curve.unseen[self.curve.best_index])
 
     def summary(self) -> dict[str, float]:
-        """The result as plain numbers, keyed (and ordered) by SUMMARY_KEYS; the GRID_KEYS only with a grid."""
+        """The result as plain numbers, keyed (and ordered) by SUMMARY_KEYS."""
         out = {name: float(getattr(self, name)) for name in SUMMARY_KEYS if name not in GRID_KEYS}
-        if self.grid is not None:
-            out.update(self.grid.at_best())
+        out.update(self.grid.at_best())
         return out
 
 
-# The settings grid's best: its H, S and U, and the (alpha, gamma) chosen (GridResult.at_best).
+# The settings grid's best: its H, S and U, and the (alpha, gamma) chosen (GridResult.at_best). Without a
+# study's grid these are the calibration curve's best gamma at the configured alpha, its H, S and U.
 GRID_KEYS = ("H_grid", "S_grid", "U_grid", "grid_alpha", "grid_gamma")
 # The names of GZSLResult.summary(), written once here: the trainer reports them every epoch, and the
 # study derives its lists of metrics from these constants.
-SUMMARY_KEYS = ("S", "U", "H", "zsl_acc", "gamma", "best_gamma", "H_best_gamma", "S_best_gamma",
-                "U_best_gamma") + GRID_KEYS
+SUMMARY_KEYS = ("S", "U", "H", "zsl_acc", "gamma") + GRID_KEYS
 # The summary's scores: all of it but the settings (the configured gamma, the grid's chosen alpha and gamma).
 SCORE_KEYS = tuple(name for name in SUMMARY_KEYS if name not in ("gamma", "grid_alpha", "grid_gamma"))
 # What a study reports for its best trial and for the refit on the test split: the scores at the
-# configured gamma, then the calibration curve's best H and the gamma that reaches it.
-HEADLINE_KEYS = ("S", "U", "H", "zsl_acc", "H_best_gamma", "best_gamma")
+# configured settings, then the grid's best H and the gamma that reaches it.
+HEADLINE_KEYS = ("S", "U", "H", "zsl_acc", "H_grid", "grid_gamma")
 
 
 def gzsl_evaluate(
-    seen_scores: np.ndarray,
+    seen_a2v: np.ndarray,
+    seen_v2a: np.ndarray,
     seen_labels: np.ndarray,
-    unseen_scores: np.ndarray,
+    unseen_a2v: np.ndarray,
+    unseen_v2a: np.ndarray,
     unseen_labels: np.ndarray,
     unseen: np.ndarray,
+    *,
+    alpha: float,
     gamma: float,
     gammas: np.ndarray,
+    grid: EvalGrid | None = None,
 ) -> GZSLResult:
-    """The whole protocol from margin-free fused scores (rows: images, columns: candidate classes)."""
+    """The whole protocol from both sub-nets' margin-free scores (rows: images, columns: candidate classes).
+
+    S/U/H and ZSL accuracy at the configured (`alpha`, `gamma`); the settings `grid` (None: `alpha` x `gammas`);
+    the calibration curve is the grid's row at `alpha`, or, when the grid has no such row or a single gamma,
+    the curve over `gammas` at `alpha`: computed once either way.
+    """
     unseen = np.asarray(unseen, dtype=bool)
+    seen_scores, unseen_scores = fuse_scores(seen_a2v, seen_v2a, alpha), fuse_scores(unseen_a2v, unseen_v2a, alpha)
     s = per_class_accuracy(calibrated_predictions(seen_scores, unseen, gamma), seen_labels)
     u = per_class_accuracy(calibrated_predictions(unseen_scores, unseen, gamma), unseen_labels)
-    return GZSLResult(
-        S=s, U=u, H=harmonic_mean(s, u),
-        zsl_acc=zsl_accuracy(unseen_scores, unseen_labels, unseen),
-        gamma=float(gamma),
-        curve=calibration_curve(seen_scores, seen_labels, unseen_scores, unseen_labels, unseen, gammas),
-    )
+    grid = grid if grid is not None else EvalGrid(alphas=None, gammas=tuple(float(g) for g in np.asarray(gammas)))
+    alphas, grid_gammas = grid.axes(alpha, gamma)
+    result = grid_evaluate(seen_a2v, seen_v2a, seen_labels, unseen_a2v, unseen_v2a, unseen_labels, unseen, alphas,
+                           grid_gammas)
+    curve = result.curve_at(alpha)
+    if curve is None or curve.gammas.size < 2:
+        curve = calibration_curve(seen_scores, seen_labels, unseen_scores, unseen_labels, unseen, gammas)
+    return GZSLResult(S=s, U=u, H=harmonic_mean(s, u), zsl_acc=zsl_accuracy(unseen_scores, unseen_labels, unseen),
+                      gamma=float(gamma), grid=result, curve=curve)

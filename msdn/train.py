@@ -20,29 +20,25 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from .cli import CheckpointError, UsageError, cli_entry, command_parser, device_flag
+from .checkpoint import (check_resume, check_resume_config, checkpoint_progress, make_checkpoint, read_checkpoint,
+                         write_checkpoint)
+from .cli import UsageError, cli_entry, command_parser, device_flag
 from .config import (DATASET_DEFAULTS, DATASETS, FIELD_FACTS, FIELD_GROUPS, FIELD_NAMES, FIELD_TYPES, TrainConfig,
                      coerce_value, default_config, overrides_from_yaml)
 from .data import check_data_present, load_benchmark, make_split, read_rows
 from .device import (PinnedBatches, copy_to_device, feature_budget_bytes, keep_features_on_device, resolve_device,
                      step_reserve_bytes)
-from .evaluate import checkpoint_config, evaluate_model, read_checkpoint, state_dict_problems
-from .fsutil import atomic_path
+from .evaluate import evaluate_model
 from .losses import LossTerms
 from .metrics import EvalGrid, GZSLResult
 from .model import MSDN
 from .progress import Progress, to_stderr
 from .step import build_optimizer, train_step
-
-CHECKPOINT_VERSION = 1
-# The fields that decide which images train and which classes compete: a checkpoint continues only a run
-# that shares them (the others, e.g. --epochs, may change on resume).
-RESUME_FIELDS = ("dataset", "protocol", "val_fraction", "val_seed")
 
 
 class Trainer:
@@ -51,7 +47,8 @@ class Trainer:
     On a GPU, `gpu_share` is the run's fraction of the device (a Ray trial's GPU share; None: the whole
     device is ours) and bounds the memory the resident feature array may take (`msdn.device`).
     `resident_features`, the array already on the device (kept by a reused worker), skips the copy.
-    `eval_grid` (alpha x gamma) is swept after every evaluation, from the same forward pass (`msdn.metrics`).
+    `eval_grid` (alpha x gamma; None: the configured alpha x the gamma sweep) is swept after every evaluation,
+    from the same forward pass (`msdn.metrics.gzsl_evaluate`).
     """
 
     def __init__(self, config: TrainConfig, bench=None, split=None, *, progress: Progress = print,
@@ -178,71 +175,25 @@ class Trainer:
         while self.epoch < self.config.epochs:
             yield self.run_epoch()
 
-    # -- checkpoints --------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "version": CHECKPOINT_VERSION,
-            "config": self.config.to_dict(),
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "epoch": self.epoch,
-            "rng": json.dumps(self.rng.bit_generator.state),  # a string: loadable with weights_only=True
-            "history": json.dumps(self.history),
-        }
+    # -- checkpoints (the format, the writer, the reader and the checks: msdn.checkpoint) ---------------
+    def state_dict(self, **extras: Any) -> dict[str, Any]:
+        """The run as a checkpoint dict (`msdn.checkpoint.make_checkpoint`); `extras` say who wrote it."""
+        return make_checkpoint(self.config, self.model.state_dict(), self.optimizer.state_dict(), self.epoch,
+                               self.rng.bit_generator.state, self.history, extras)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.epoch = int(state["epoch"])
-        self.rng.bit_generator.state = json.loads(state["rng"])
-        self.history = json.loads(state["history"])
+        self.epoch, self.rng.bit_generator.state, self.history = checkpoint_progress(state)
 
-    def save(self, path: str | Path, **extra: Any) -> None:
+    def save(self, path: str | Path, **extras: Any) -> None:
         """Write a checkpoint atomically (a crash mid-write never leaves a truncated file)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            torch.save({**self.state_dict(), **extra}, tmp)
-
-    def check_state(self, state: Any, source: str | Path) -> None:
-        """CheckpointError naming `source` when `state` cannot continue this run; nothing is changed either way.
-
-        Checked: the checkpoint's structure and version, the fields that decide the data (RESUME_FIELDS), the
-        model's tensors and the optimiser's groups and buffers against this run's, the epoch, RNG and history.
-        """
-        check_resume_config(state, self.config, source)
-        where = f"--checkpoint {source}"
-        problems = state_dict_problems(state["model"], self.model.state_dict())
-        if problems:
-            raise CheckpointError(f"{where}: its model does not fit this run's MSDN: {'; '.join(problems)}")
-        optimizer, ours = state["optimizer"], self.optimizer.state_dict()
-        try:
-            groups = [list(g["params"]) for g in optimizer["param_groups"]]
-            buffers = dict(optimizer["state"])
-        except (TypeError, KeyError):
-            raise CheckpointError(f"{where}: its 'optimizer' is not an optimiser state dict") from None
-        if groups != [list(g["params"]) for g in ours["param_groups"]]:
-            raise CheckpointError(f"{where}: its optimiser has parameter groups {groups}; this run's has "
-                                  f"{[list(g['params']) for g in ours['param_groups']]}")
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        for index, entry in buffers.items():
-            for name, value in (entry.items() if isinstance(entry, dict) else ()):
-                if isinstance(value, torch.Tensor) and value.dim() and value.shape != params[int(index)].shape:
-                    raise CheckpointError(f"{where}: optimiser buffer {name} of parameter {index} has shape "
-                                          f"{tuple(value.shape)}; expected {tuple(params[int(index)].shape)}")
-        try:
-            ok = int(state["epoch"]) >= 0 and isinstance(json.loads(state["rng"]), dict)
-            ok = ok and isinstance(json.loads(state["history"]), list)
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise CheckpointError(f"{where}: its epoch, RNG state or history cannot be read; expected what "
-                                  "Trainer.state_dict writes (an int and two JSON strings)")
+        write_checkpoint(path, self.state_dict(**extras))
 
     def load(self, path: str | Path) -> dict[str, Any]:
         """Continue from the checkpoint file `path`, after checking that it fits this run (CheckpointError if not)."""
         state = read_checkpoint(path)
-        self.check_state(state, path)
+        check_resume(state, self.config, self.model, self.optimizer, path)
         self.load_state_dict(state)
         return state
 
@@ -251,10 +202,8 @@ def format_epoch(m: dict[str, Any], total_epochs: int) -> str:
     return (
         f"epoch {m['epoch']:3d}/{total_epochs} | loss {m['loss']:.4f} (ce {m['loss_ce']:.4f} cal {m['loss_cal']:.4f} "
         f"dis {m['loss_dis']:.4f}) | S {m['S']:.4f} U {m['U']:.4f} H {m['H']:.4f} ZSL {m['zsl_acc']:.4f} "
-        f"@gamma {m['gamma']:.2f} | best gamma {m['best_gamma']:.2f}: H {m['H_best_gamma']:.4f} | "
-        + (f"grid alpha {m['grid_alpha']:.2f} gamma {m['grid_gamma']:.2f}: H {m['H_grid']:.4f} | " if "H_grid" in m
-           else "")
-        + f"{m['epoch_time']:.1f}s"
+        f"@gamma {m['gamma']:.2f} | grid alpha {m['grid_alpha']:.2f} gamma {m['grid_gamma']:.2f}: "
+        f"H {m['H_grid']:.4f} | {m['epoch_time']:.1f}s"
     )
 
 
@@ -317,28 +266,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             except UsageError as exc:  # "amp: expected ..." -> "--amp: expected ...", the name the user typed
                 raise UsageError(f"--{name.replace('_', '-')}{str(exc)[len(name):]}") from None
     return default_config(args.dataset, **overrides)
-
-
-def check_resume_config(state: Any, config: TrainConfig, source: str | Path) -> None:
-    """CheckpointError unless `state` is a checkpoint of msdn.train whose data fields (RESUME_FIELDS) match `config`."""
-    where = f"--checkpoint {source}"
-    if not isinstance(state, Mapping):
-        raise CheckpointError(f"{where}: holds a {type(state).__name__}; expected a checkpoint written by msdn.train")
-    missing = [k for k in ("version", "config", "model", "optimizer", "epoch", "rng", "history") if k not in state]
-    if missing:
-        raise CheckpointError(f"{where}: lacks {missing}; expected a checkpoint written by msdn.train (an authors' "
-                              "state dict can be evaluated with msdn.evaluate, not resumed)")
-    if state["version"] != CHECKPOINT_VERSION:
-        raise CheckpointError(f"{where}: checkpoint format version {state['version']!r}; expected {CHECKPOINT_VERSION}")
-    if not isinstance(state["model"], Mapping):
-        raise CheckpointError(f"{where}: its 'model' is a {type(state['model']).__name__}; expected a state dict")
-    saved = checkpoint_config(state, source)
-    differ = [f"{k} {getattr(saved, k)!r} (this run: {getattr(config, k)!r})"
-              for k in RESUME_FIELDS if getattr(saved, k) != getattr(config, k)]
-    if differ:
-        flags = "/".join("--" + k.replace("_", "-") for k in RESUME_FIELDS)
-        raise CheckpointError(f"{where} is from another run: {'; '.join(differ)}. Continue it with the same {flags}, "
-                              "or choose another --checkpoint.")
 
 
 def checkpoint_target(args: argparse.Namespace) -> Path | None:

@@ -22,7 +22,7 @@ def bench():
 
 
 def epoch(H: float, H_best: float, best_gamma: float, curve_H: list[float]) -> dict:
-    return {"H": H, "H_best_gamma": H_best, "best_gamma": best_gamma, "gamma": 2.0, "curve_gamma": [0.0, 1.0, 2.0],
+    return {"H": H, "H_grid": H_best, "grid_gamma": best_gamma, "gamma": 2.0, "curve_gamma": [0.0, 1.0, 2.0],
             "curve_H": curve_H}
 
 

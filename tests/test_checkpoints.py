@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import pytest
 
+from msdn.checkpoint import CHECKPOINT_FILE
+
 
 def _checkpoint_folder(trial_dir, name: str, written_at: float):
     import os
 
     folder = trial_dir / name
     folder.mkdir(parents=True)
-    (folder / "trainer.pt").write_bytes(b"state")
-    os.utime(folder / "trainer.pt", (written_at, written_at))
+    (folder / CHECKPOINT_FILE).write_bytes(b"state")
+    os.utime(folder / CHECKPOINT_FILE, (written_at, written_at))
     return folder
 
 
@@ -45,7 +47,7 @@ def test_the_newest_written_checkpoint_wins_over_what_tunes_record_names(tmp_pat
     _checkpoint_folder(tmp_path, "checkpoint_000000", 1000)
     _checkpoint_folder(tmp_path, "checkpoint_000003", 1500)
     newest = _checkpoint_folder(tmp_path, "checkpoint_000002", 3000)
-    (tmp_path / "checkpoint_000009").mkdir()  # an upload that never completed: no trainer.pt
+    (tmp_path / "checkpoint_000009").mkdir()  # an upload that never completed: no checkpoint file
     (tmp_path / "result.json").write_text("{}")
     assert _restorable(named, tmp_path) == (str(newest), True)
 
@@ -66,7 +68,7 @@ def test_deleted_checkpoint_folders_below_a_trials_newest_are_filled_with_empty_
     assert fill_deleted_checkpoint_folders(str(tmp_path)) == 3
     assert sorted(p.name for p in (tmp_path / "trial_a").iterdir()) == [f"checkpoint_{n:06d}" for n in range(5)]
     assert all(not any((tmp_path / "trial_a" / f"checkpoint_{n:06d}").iterdir()) for n in range(3))  # empty
-    assert all((k / "trainer.pt").read_bytes() == b"state" for k in kept)
+    assert all((k / CHECKPOINT_FILE).read_bytes() == b"state" for k in kept)
     assert sorted(p.name for p in (tmp_path / "trial_b").iterdir()) == ["checkpoint_000000"]
     assert not any((tmp_path / "trial_c").iterdir())
     assert fill_deleted_checkpoint_folders(str(tmp_path)) == 0  # nothing left to fill

@@ -66,7 +66,7 @@ def test_status_line_fits_the_width_and_drops_details_before_the_essentials():
     assert "best H_grid 0.3527 (1bc56d21)" in line and len(line) <= WIDTH
     huge = Snapshot(total=1200, max_epochs=300, completed=400, stopped=500, errored=100, running=120,
                     epochs=123456, best=Best(0.123456, "abcdef12_00001"))
-    line = status_line(huge, "H_best_gamma", elapsed=99999, eta=99999)
+    line = status_line(huge, "zsl_acc", elapsed=99999, eta=99999)
     assert len(line) <= WIDTH and "1000/1200 ended, 120 running" in line and "ETA ≤" in line
 
 
@@ -167,7 +167,7 @@ def test_the_top_trials_table_splits_into_metrics_and_parameters_when_too_wide()
 
     space = load_search_space(REPO / "search_spaces" / "synthetic.yaml", "synthetic")
     assert space.metric == "H_grid"
-    best = {"S": 0.5, "U": 0.4, "H": 0.44, "H_best_gamma": 0.45, "best_gamma": 1.5, "H_grid": 0.47}
+    best = {"S": 0.5, "U": 0.4, "H": 0.44, "H_grid": 0.47, "grid_alpha": 0.9, "grid_gamma": 1.5}
     params = {"lambda_dis": 1.3869e-4, "lambda_cal": 0.0149, "lr": 2.09e-4, "lr_v_factor": 2.04,
               "weight_decay": 3.6e-4, "momentum": 0.9}
     trials = [TrialSummary(f"t{i}", "stopped_early", 2, params, best={**best, "H_grid": 0.4 + i / 100}, best_epoch=2)
@@ -175,8 +175,8 @@ def test_the_top_trials_table_splits_into_metrics_and_parameters_when_too_wide()
     wide = format_table(trials, space).splitlines()
     assert len(wide[0]) > WIDTH and "H@grid" in wide[0].split()  # the ranking metric is a column
     metrics, params_table = format_table(trials, space, width=WIDTH).split("\n\n")
-    assert metrics.splitlines()[0].split() == ["#", "state", "epochs", "H@grid", "S", "U", "H", "H@best-gamma",
-                                               "best-gamma"]
+    assert metrics.splitlines()[0].split() == ["#", "state", "epochs", "H@grid", "S", "U", "H", "grid-alpha",
+                                               "grid-gamma"]
     assert metrics.splitlines()[1].split()[:4] == ["1", "stopped_early", "2/2", "42.00"]  # best first
     assert params_table.splitlines()[0].split() == ["#", *space.param_names]
     assert max(len(line) for line in metrics.splitlines() + params_table.splitlines()) <= WIDTH

@@ -105,6 +105,7 @@ def test_evaluation_grid_equals_separate_evaluations_of_the_model(synthetic_root
                 single.S, single.U, single.H), (a, g)
     assert (result.S, result.U, result.H) == (result.grid.seen[1, 1], result.grid.unseen[1, 1],
                                               result.grid.harmonic[1, 1])
-    assert result.summary()["H_grid"] == result.grid.harmonic.max() and single.grid is None
+    assert result.summary()["H_grid"] == result.grid.harmonic.max()
+    assert single.grid.harmonic.shape == (1, 1)  # no grid given: the configured alpha x the gammas given
     alone = evaluate_model(*args, alpha=0.5, gamma=1.0, gammas=np.array([1.0]), grid=EvalGrid(None, None))
     assert alone.grid.harmonic.shape == (1, 1) and alone.summary()["H_grid"] == alone.H

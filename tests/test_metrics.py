@@ -1,12 +1,10 @@
 """GZSL metrics on a hand-worked example; the calibration curve and the settings grid against separate evaluations."""
-import dataclasses
-
 import numpy as np
 import pytest
 
 from msdn.metrics import (
-    GRID_KEYS, EvalGrid, calibrated_predictions, calibration_curve, fuse_scores, grid_evaluate, gzsl_evaluate,
-    harmonic_mean, per_class_accuracy, zsl_accuracy,
+    GRID_KEYS, SUMMARY_KEYS, EvalGrid, calibrated_predictions, calibration_curve, fuse_scores, grid_evaluate,
+    gzsl_evaluate, harmonic_mean, per_class_accuracy, zsl_accuracy,
 )
 
 UNSEEN = np.array([False, False, True, True])  # classes 0, 1 seen; 2, 3 unseen
@@ -14,6 +12,12 @@ SEEN_SCORES = np.array([[3, 1, 2, 0], [1, 2, 0, 0], [0, 5, 1, 1]], dtype=np.floa
 SEEN_LABELS = np.array([0, 0, 1])
 UNSEEN_SCORES = np.array([[2, 0, 1, 0], [0, 0, 1, 3], [4, 0, 2, 1]], dtype=np.float32)
 UNSEEN_LABELS = np.array([2, 3, 3])
+
+
+def evaluate_fused(seen_scores, seen_labels, unseen_scores, unseen_labels, unseen, gamma, gammas, grid=None):
+    """gzsl_evaluate of already fused scores: both sub-nets given the same scores, alpha 1 (1 * x + 0 * x == x)."""
+    return gzsl_evaluate(seen_scores, seen_scores, seen_labels, unseen_scores, unseen_scores, unseen_labels, unseen,
+                         alpha=1.0, gamma=gamma, gammas=gammas, grid=grid)
 
 
 def test_per_class_accuracy_is_mean_over_classes_not_images():
@@ -28,7 +32,7 @@ def test_harmonic_mean():
 
 
 def test_hand_worked_example_without_calibration():
-    r = gzsl_evaluate(SEEN_SCORES, SEEN_LABELS, UNSEEN_SCORES, UNSEEN_LABELS, UNSEEN, 0.0, np.array([0.0, 2.0]))
+    r = evaluate_fused(SEEN_SCORES, SEEN_LABELS, UNSEEN_SCORES, UNSEEN_LABELS, UNSEEN, 0.0, np.array([0.0, 2.0]))
     # seen: class 0 one of two right, class 1 right -> 0.75; unseen: class 2 never right, class 3 one of two
     assert (r.S, r.U) == (pytest.approx(0.75), pytest.approx(0.25))
     assert r.H == pytest.approx(0.375)
@@ -38,14 +42,16 @@ def test_hand_worked_example_without_calibration():
 
 def test_hand_worked_example_with_calibration_and_ties():
     # gamma = 2: image [1,2,0,0] ties 2 vs 2 -> lower class id (1); image [4,0,2,1] ties 4 vs 4 -> class 0
-    r = gzsl_evaluate(SEEN_SCORES, SEEN_LABELS, UNSEEN_SCORES, UNSEEN_LABELS, UNSEEN, 2.0, np.array([0.0, 2.0]))
+    r = evaluate_fused(SEEN_SCORES, SEEN_LABELS, UNSEEN_SCORES, UNSEEN_LABELS, UNSEEN, 2.0, np.array([0.0, 2.0]))
     assert (r.S, r.U, r.H) == (pytest.approx(0.5), pytest.approx(0.75), pytest.approx(0.6))
     np.testing.assert_array_equal(calibrated_predictions(UNSEEN_SCORES, UNSEEN, 2.0), [2, 3, 0])
     np.testing.assert_allclose(r.curve.seen, [0.75, 0.5])
     np.testing.assert_allclose(r.curve.unseen, [0.25, 0.75])
     np.testing.assert_allclose(r.curve.harmonic, [0.375, 0.6])
-    assert r.best_gamma == 2.0 and r.H_best_gamma == pytest.approx(0.6)
-    assert r.summary()["S_best_gamma"] == pytest.approx(0.5)
+    # no study grid: the grid is the configured alpha x the gammas, its best the curve's best gamma
+    summary = r.summary()
+    assert (summary["grid_alpha"], summary["grid_gamma"], summary["H_grid"]) == (1.0, 2.0, pytest.approx(0.6))
+    assert (summary["S_grid"], summary["U_grid"]) == (pytest.approx(0.5), pytest.approx(0.75))
 
 
 def test_zsl_accuracy_ignores_seen_classes():
@@ -79,7 +85,6 @@ def test_curve_equals_separate_evaluations(seed):
         assert curve.harmonic[i] == pytest.approx(harmonic_mean(s, u), abs=1e-12)
     # calibration must matter on such scores: S falls and U rises with gamma
     assert curve.seen[0] > curve.seen[-1] and curve.unseen[0] < curve.unseen[-1]
-    assert curve.best_gamma == gammas[np.argmax(curve.harmonic)]
 
 
 def _subnet_scores(rng, labels, unseen):
@@ -110,7 +115,7 @@ def test_settings_grid_equals_separate_evaluations(seed):
     for i, a in enumerate(alphas):
         seen_fused, unseen_fused = fuse_scores(seen_a2v, seen_v2a, a), fuse_scores(unseen_a2v, unseen_v2a, a)
         for j, g in enumerate(gammas):
-            single = gzsl_evaluate(seen_fused, seen_labels, unseen_fused, unseen_labels, unseen, g, np.array([g]))
+            single = evaluate_fused(seen_fused, seen_labels, unseen_fused, unseen_labels, unseen, g, np.array([g]))
             assert (grid.seen[i, j], grid.unseen[i, j]) == (pytest.approx(single.S, abs=1e-12),
                                                            pytest.approx(single.U, abs=1e-12))
             assert grid.harmonic[i, j] == pytest.approx(single.H, abs=1e-12)
@@ -140,10 +145,40 @@ def test_eval_grid_axes_keep_the_configured_value_of_an_unswept_setting():
     assert [a.tolist() for a in EvalGrid(None, None).axes(0.7, 2.0)] == [[0.7], [2.0]]
 
 
-def test_summary_has_the_grid_keys_only_with_a_grid():
-    r = gzsl_evaluate(SEEN_SCORES, SEEN_LABELS, UNSEEN_SCORES, UNSEEN_LABELS, UNSEEN, 2.0, np.array([0.0, 2.0]))
-    assert not set(GRID_KEYS) & set(r.summary())
-    grid = grid_evaluate(SEEN_SCORES, SEEN_SCORES, SEEN_LABELS, UNSEEN_SCORES, UNSEEN_SCORES, UNSEEN_LABELS, UNSEEN,
-                         np.array([0.5]), np.array([0.0, 2.0]))
-    summary = dataclasses.replace(r, grid=grid).summary()
-    assert (summary["H_grid"], summary["grid_gamma"], summary["grid_alpha"]) == (pytest.approx(0.6), 2.0, 0.5)
+def test_summary_always_has_the_grid_keys_and_no_other_best():
+    r = evaluate_fused(SEEN_SCORES, SEEN_LABELS, UNSEEN_SCORES, UNSEEN_LABELS, UNSEEN, 2.0, np.array([0.0, 2.0]),
+                       grid=EvalGrid(None, None))
+    assert list(r.summary()) == list(SUMMARY_KEYS) and set(GRID_KEYS) <= set(SUMMARY_KEYS)
+    # a grid of the configured point only: its best is the configured figures
+    assert (r.summary()["H_grid"], r.summary()["grid_gamma"]) == (r.H, 2.0)
+
+
+@pytest.mark.parametrize("grid, from_the_grid", [
+    (None, True),  # no study grid: the configured alpha x the gammas; the curve is its row
+    (EvalGrid(alphas=(0.0, 0.3, 0.6, 1.0), gammas=(-1.0, 0.0, 0.5, 1.5, 3.0)), True),  # a study's grid: its row at 0.3
+    (EvalGrid(alphas=(0.0, 0.5), gammas=(-1.0, 0.0, 1.0)), False),  # 0.3 is not on it: one curve over the gammas
+    (EvalGrid(alphas=(0.0, 0.3), gammas=None), False),  # gamma searched per trial: one curve over the gammas
+])
+def test_the_calibration_curve_is_the_grids_row_at_the_configured_alpha(grid, from_the_grid):
+    """The curve the plots draw equals calibration_curve computed on its own at the configured alpha."""
+    rng = np.random.default_rng(5)
+    unseen = np.zeros(10, bool)
+    unseen[rng.choice(10, 4, replace=False)] = True
+    seen_labels = rng.choice(np.flatnonzero(~unseen), 120)
+    unseen_labels = rng.choice(np.flatnonzero(unseen), 90)
+    seen_a2v, seen_v2a = _subnet_scores(rng, seen_labels, unseen)
+    unseen_a2v, unseen_v2a = _subnet_scores(rng, unseen_labels, unseen)
+    alpha, gammas = 0.3, np.linspace(-2, 4, 13)
+    r = gzsl_evaluate(seen_a2v, seen_v2a, seen_labels, unseen_a2v, unseen_v2a, unseen_labels, unseen, alpha=alpha,
+                      gamma=2.0, gammas=gammas, grid=grid)
+    curve_gammas = (gammas if grid is None else np.asarray(grid.gammas)) if from_the_grid else gammas
+    alone = calibration_curve(fuse_scores(seen_a2v, seen_v2a, alpha), seen_labels,
+                              fuse_scores(unseen_a2v, unseen_v2a, alpha), unseen_labels, unseen, curve_gammas)
+    for name in ("gammas", "seen", "unseen", "harmonic"):
+        np.testing.assert_array_equal(getattr(r.curve, name), getattr(alone, name))
+    assert np.shares_memory(r.curve.harmonic, r.grid.harmonic) == from_the_grid  # the grid's row: computed once
+    assert (r.grid.curve_at(alpha) is not None) == (grid is None or alpha in (grid.alphas or (alpha,)))
+    if grid is None:  # what the gamma-only sweep reported: its best H and the first gamma reaching it
+        best = int(np.argmax(alone.harmonic))
+        assert (r.summary()["H_grid"], r.summary()["grid_gamma"], r.summary()["grid_alpha"]) == (
+            alone.harmonic[best], gammas[best], alpha)

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from msdn.checkpoint import CHECKPOINT_FILE
 from msdn.config import DATASET_DEFAULTS, TrainConfig, default_config, overrides_from_yaml
 from msdn.study.options import StudyOptions, StudyRequest, with_defaults
-from msdn.study.refit import (BEST_CONFIG_FILE, CHECKPOINT_FILE, RESULT_FILE, RefitSpec, RefitStore, refit_and_test,
+from msdn.study.refit import (BEST_CONFIG_FILE, RESULT_FILE, RefitSpec, RefitStore, refit_and_test,
                               refit_plan, refit_seeds, tuned_config, write_best_config)
 from msdn.study.results import BASELINE, TUNED, RefitResult, Refits, TrialSummary
 from msdn.study.stats import paired_difference, t_interval
@@ -46,7 +47,8 @@ def best(seed: int = 77, best_epoch: int = 2, params: dict | None = None, **best
 
 
 def fake(config: str, seed: int, H: float, S: float = 0.6) -> RefitResult:
-    metrics = {"S": S, "U": 0.5, "H": H, "zsl_acc": 0.55, "gamma": 2.0, "best_gamma": 1.5, "H_best_gamma": H + 0.01}
+    metrics = {"S": S, "U": 0.5, "H": H, "zsl_acc": 0.55, "gamma": 2.0, "H_grid": H + 0.01, "S_grid": S, "U_grid": 0.5,
+               "grid_alpha": 0.9, "grid_gamma": 1.5}
     return RefitResult(metrics=metrics, epochs=2 if config == TUNED else 10, seed=seed, train_time=3.0,
                        curve={}, config=config)
 
@@ -122,6 +124,9 @@ def test_refits_statistics_and_the_parent_runs_figures():
     assert (metrics["test_H_mean"], metrics["test_H_std"], metrics["test_H_ci_low"], metrics["test_H_ci_high"]) == (
         tuned_H.mean, tuned_H.sd, tuned_H.low, tuned_H.high)
     assert metrics["baseline_test_H_mean"] == pytest.approx((0.61 + 0.60 + 0.55) / 3)
+    # the settings grid's best on test (for reading): H and the gamma reaching it; no second "best gamma" figure
+    assert metrics["test_H_grid"] == pytest.approx((0.63 + 0.59 + 0.67) / 3) and metrics["test_grid_gamma"] == 1.5
+    assert not [k for k in metrics if "best" in k]
     assert (metrics["delta_H_mean"], metrics["delta_H_ci_low"], metrics["delta_H_ci_high"]) == (
         expected.mean, expected.low, expected.high)
     for prefix in ("test", "baseline_test"):

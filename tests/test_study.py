@@ -102,7 +102,7 @@ def test_small_study_end_to_end(tmp_path, data_root):
         state = child.data.tags["trial_state"]
         assert state == ("completed" if epochs == 4 else "stopped_early")
         states.append(state)
-        for metric in ("S", "U", "zsl_acc", "H_best_gamma", "loss"):
+        for metric in ("S", "U", "zsl_acc", "H_grid", "grid_gamma", "loss"):
             assert len(client.get_metric_history(child.info.run_id, metric)) == epochs, metric
         assert child.data.tags["placement.host"]
     assert "completed" in states

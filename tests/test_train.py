@@ -31,9 +31,15 @@ def test_training_learns_and_beats_chance(synthetic):
     chance = 1 / len(split.class_ids)
     assert last["U"] > 5 * chance and last["H"] > 5 * chance
     assert history[-1]["loss"] < history[0]["loss"]
-    for key in ("S", "U", "H", "zsl_acc", "H_best_gamma"):
+    for key in ("S", "U", "H", "zsl_acc", "H_grid", "S_grid", "U_grid"):
         assert 0.0 <= last[key] <= 1.0
-    assert last["H_best_gamma"] >= last["H"] - 1e-12  # gamma=2 is on the grid, so the best is at least as good
+    # no study grid: the grid is the configured alpha x the gamma sweep, which holds gamma=2, so its best is at
+    # least as good, and the calibration curve is its row
+    assert last["grid_alpha"] == 0.9 and last["H_grid"] >= last["H"] - 1e-12
+    curve = trainer.last_result.curve
+    assert curve.gammas.tolist() == trainer.config.gamma_grid().tolist()
+    assert last["H_grid"] == curve.harmonic.max() and last["grid_gamma"] == curve.gammas[curve.harmonic.argmax()]
+    assert not [k for k in last if "best" in k]
 
 
 def test_resume_gives_the_uninterrupted_result(synthetic, tmp_path):
@@ -52,7 +58,7 @@ def test_resume_gives_the_uninterrupted_result(synthetic, tmp_path):
     rest = list(resumed.run())
     assert len(rest) == 2
     for a, b in zip(full[1:], rest):
-        for key in ("loss", "S", "U", "H", "zsl_acc", "best_gamma"):
+        for key in ("loss", "S", "U", "H", "zsl_acc", "H_grid", "grid_gamma"):
             assert a[key] == b[key], key
     for name, p in straight.model.state_dict().items():
         torch.testing.assert_close(p, resumed.model.state_dict()[name], rtol=0, atol=0)
@@ -93,8 +99,9 @@ def test_cli_json_output_and_overrides(synthetic, tmp_path):
     assert out.returncode == 0, out.stderr
     lines = [json.loads(line) for line in out.stdout.strip().splitlines()]
     assert [m["epoch"] for m in lines] == [1, 2]  # the flag beat the YAML's epochs: 5
-    for key in ("epoch", "loss", "S", "U", "H", "zsl_acc", "best_gamma", "H_best_gamma"):
+    for key in ("epoch", "loss", "S", "U", "H", "zsl_acc", "H_grid", "S_grid", "U_grid", "grid_alpha", "grid_gamma"):
         assert key in lines[-1]
+    assert lines[-1]["grid_alpha"] == 0.8  # the configured alpha: no study grid here
     state = torch.load(tmp_path / "run.pt", weights_only=True)
     assert state["config"]["lambda_dis"] == 0.01 and state["config"]["alpha"] == 0.8 and state["epoch"] == 2
     # resume continues at epoch 3

@@ -9,12 +9,15 @@ named folder is gone, and would redo the epochs after an older one. So:
 - before `Tuner.restore`, `fill_deleted_checkpoint_folders` (driver) puts an empty folder where a
   deleted checkpoint was, so that Tune's restore reaches the trainable;
 - the trainable resumes from `restorable_checkpoint`: the newest checkpoint the folder holds.
+
+What a checkpoint file holds, and its name, are `msdn.checkpoint`'s; this module knows only Tune's folders.
 """
 from __future__ import annotations
 
 import re
 
-CHECKPOINT_FILE = "trainer.pt"  # what a trial's checkpoint folder holds (msdn.train.Trainer.save)
+from msdn.checkpoint import CHECKPOINT_FILE  # what a trial's checkpoint folder holds (msdn.train.Trainer.save)
+
 _FOLDER = re.compile(r"checkpoint_(\d+)")  # Tune's name for a trial's n-th checkpoint
 
 

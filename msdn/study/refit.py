@@ -26,13 +26,13 @@ from typing import Any, Callable
 
 import numpy as np
 
+from msdn.checkpoint import CHECKPOINT_FILE
 from msdn.progress import Progress
 from msdn.study.options import StudyFailed, StudyOptions, experiment_path
 from msdn.study.results import BASELINE, TUNED, RefitResult, Refits, TrialSummary, chosen_settings, refit_name
 from msdn.study.trainable import DataSpec, curve_lists, on_this_worker, trial_config
 
 RESULT_FILE = "result.json"
-CHECKPOINT_FILE = "checkpoint.pt"
 BEST_CONFIG_FILE = "best_config.yaml"
 # Fields that say where a refit ran, not what it computed: a stored result with other values is still valid.
 PLACE_FIELDS = ("data_root", "device")

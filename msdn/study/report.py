@@ -19,7 +19,7 @@ WIDTH = 100  # the widest line the report wraps its own text to (paths and comma
 COMMAND_WIDTH = 120  # a command to paste stays whole up to this width (then it breaks before its last option)
 # Columns of the top-trials table after the parameters: (result key, header, shown as a percentage).
 METRIC_COLUMNS = (("S", "S", True), ("U", "U", True), ("H", "H", True),
-                  ("H_best_gamma", "H@best-gamma", True), ("best_gamma", "best-gamma", False))
+                  ("grid_alpha", "grid-alpha", False), ("grid_gamma", "grid-gamma", False))
 
 
 def study_header(opts: StudyOptions, space: SearchSpace, log_file: str | None = None) -> list[str]:

@@ -38,8 +38,7 @@ from msdn.study.tracking.writer import TrackingWriter
 from msdn.study.trainable import DataSpec, train_msdn
 
 # Columns of Tune's progress table while trials run: result key -> header.
-PROGRESS_COLUMNS = {"training_iteration": "epochs", "S": "S", "U": "U", "H": "H", "H_best_gamma": "H@best-gamma",
-                    "H_grid": "H@grid", "loss": "loss"}
+PROGRESS_COLUMNS = {"training_iteration": "epochs", "S": "S", "U": "U", "H": "H", "H_grid": "H@grid", "loss": "loss"}
 
 
 def build_tuner(opts: StudyOptions, space: SearchSpace, resources: dict[str, float], callbacks: list,

@@ -27,12 +27,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from msdn.study.checkpoints import CHECKPOINT_FILE, restorable_checkpoint
+from msdn.checkpoint import CHECKPOINT_FILE
+from msdn.study.checkpoints import restorable_checkpoint
 
 if TYPE_CHECKING:
     from msdn.metrics import EvalGrid
 
-# Result keys that are lists (the calibration curve); everything else reported is a scalar.
+# Result keys that are lists (the calibration curve at the configured alpha: the settings grid's row there,
+# msdn.metrics.gzsl_evaluate); everything else reported is a scalar.
 CURVE_KEYS = ("curve_gamma", "curve_S", "curve_U", "curve_H")
 # The settings grid's axes and its H (a list per alpha), reported when the study metric improves.
 GRID_MAP_KEYS = ("curve_grid_alpha", "curve_grid_gamma", "curve_grid_H")
@@ -268,8 +270,7 @@ def train_msdn(config: dict[str, Any], *, data: DataSpec, base: dict[str, Any], 
         result = report_metrics(metrics, trainer.last_result.curve)
         if improves(metrics.get(metric), best, mode):
             best = metrics[metric]
-            if trainer.last_result.grid is not None:
-                result.update(grid_lists(trainer.last_result.grid))
+            result.update(grid_lists(trainer.last_result.grid))
         result.update({"training_iteration": trainer.epoch, "trial_seed": cfg.seed,
                        **{f"placement_{k}": v for k, v in where.items()}, **start, **previous})
         start = {}
