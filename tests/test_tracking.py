@@ -283,7 +283,7 @@ def test_reconcile_completes_runs_from_tunes_results_after_a_hard_kill(study, wr
     assert runs["t1"].info.status == "FINISHED" and runs["t1"].data.tags["trial_state"] == "completed"
 
 
-# -- the parent run's description (tracking/parent.py: study_description, log_description) ------------------------
+# -- the parent run's description (tracking/parent.py: study_description of the outcome, ParentRun.end) ----------
 REPO = Path(__file__).resolve().parents[1]
 BEST_RUN = "t02 lr=3.1e-4 λdis=2.0e-3 λcal=0.12"
 PROTOCOL = ("- **Protocol:** val: trials train on train classes and report validation metrics; the best is refit and "
