@@ -77,24 +77,33 @@ class Study:
         self.trials = {r.trial_id: ReplayTrial(r) for r in records}
 
     # -- Tune's hooks, in Tune's order --------------------------------------------------------------------------
-    def _hook(self, name: str, trial: ReplayTrial, *args) -> None:
-        for callback in (self.callback, self.counter):
+    def _hook(self, name: str, trial: ReplayTrial, *args, callbacks: tuple = ()) -> None:
+        for callback in callbacks or (self.callback, self.counter):
             getattr(callback, name)(0, list(self.trials.values()), trial, *args)
 
-    def start(self, trial_id: str, epochs: int | None = None) -> None:
+    def start(self, trial_id: str, epochs: int | None = None, callbacks: tuple = ()) -> None:
         """Trial `trial_id` starts and reports the first `epochs` of its recorded epochs (all by default)."""
         trial = self.trials[trial_id]
         trial.status = "RUNNING"
-        self._hook("on_trial_start", trial)
+        self._hook("on_trial_start", trial, callbacks=callbacks)
         for row in trial.record.results[:epochs]:
             trial.last_result = row
-            self._hook("on_trial_result", trial, row)
+            self._hook("on_trial_result", trial, row, callbacks=callbacks)
 
-    def complete(self, trial_id: str) -> None:
+    def complete(self, trial_id: str, callbacks: tuple = ()) -> None:
         """Tune ends the trial (ASHA stopped it, it ran its epochs, or the study is stopping)."""
         trial = self.trials[trial_id]
         trial.status = "TERMINATED"
-        self._hook("on_trial_complete", trial)
+        self._hook("on_trial_complete", trial, callbacks=callbacks)
+
+    def ended_before_the_resume(self, trial_id: str) -> None:
+        """The trial ran and ended under the driver before this one (its own MLflow callback); this driver's Tune
+        restores it as ended (TERMINATED) and its loop shows it so at its first step."""
+        earlier = tracking.MLflowStudyCallback(self.parent.writer, self.parent.experiment_id, self.parent.run_id,
+                                               self.opts.max_epochs, tags=trial_tags(self.opts))
+        self.start(trial_id, callbacks=(earlier,))
+        self.complete(trial_id, callbacks=(earlier,))
+        self.counter.on_step_end(0, list(self.trials.values()))
 
     def error(self, trial_id: str, text: str) -> None:
         """The trial fails with `text` in its error file."""
@@ -237,9 +246,12 @@ def test_an_interrupted_study_gives_an_errored_trial_one_state_everywhere(tmp_pa
     error = FAILED["records"][0].error  # a real trial's error (it diverged), here while the study stops
     study = Study(tmp_path, mlflow_uri, synthetic_root, records, refit=False)
     done, (failing, ended, running, pending) = records[:4], [r.trial_id for r in records[4:]]
+    earlier = next(r.trial_id for r in done if r.epochs < 4)  # stopped early by ASHA before a resume
     with study.counter:
+        study.ended_before_the_resume(earlier)
         for record in done:
-            study.run(record.trial_id)
+            if record.trial_id != earlier:
+                study.run(record.trial_id)
         for trial_id in (failing, ended, running):
             study.start(trial_id, epochs=1)
         study.request_stop()  # Ctrl+C; then Tune ends one trial, one errors, one stays running
@@ -254,7 +266,7 @@ def test_an_interrupted_study_gives_an_errored_trial_one_state_everywhere(tmp_pa
     assert outcome.state == "interrupted" and outcome.interrupted and outcome.stop_signal == "SIGINT"
     states = {t.trial_id: t.state for t in outcome.trials}
     assert {t: states[t] for t in cut} == dict.fromkeys(cut, "interrupted")
-    assert all(states[r.trial_id] == expected_state(r) for r in done)
+    assert all(states[r.trial_id] == expected_state(r) for r in done) and states[earlier] == "stopped_early"
     assert outcome.best is None and outcome.refits is None and outcome.best_config_path is None
     # the console: the trial that errored while the study stopped is interrupted, with its error
     (line,) = [line for line in study.console if failing in line]

@@ -144,6 +144,7 @@ def test_trials_stopped_by_an_interruption_do_not_count_as_ended():
         counter.on_experiment_end([a, b])
     assert lines == ["trial b  stopped early  2/3 epochs  H -",
                      "trials: 1 of 4 ended in 0s (0 completed, 1 stopped early, 0 errored), 3 trial-epochs"]
+    assert counter.ends.states == {"b": "stopped_early"}  # a had not ended: the outcome says interrupted
 
 
 def test_a_trial_that_errors_after_a_stop_request_shows_as_interrupted_as_in_mlflow(tmp_path):
@@ -177,6 +178,7 @@ def test_a_resumed_studys_trials_count_with_their_recorded_best():
     assert counter.snapshot.best == Best(0.6, "old", (("lr", 1e-3),))
     assert (counter.snapshot.completed, counter.snapshot.bound, counter.eta()) == (1, 6, None)
     assert lines == ["trials: 1 of 2 ended in 0s (1 completed, 0 stopped early, 0 errored), 3 trial-epochs"]
+    assert counter.ends.states == {"old": "completed"}  # it ended in the run before: a stop now does not cut it
 
 
 # -- the report at the console's width --------------------------------------------------------------------------

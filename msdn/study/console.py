@@ -323,6 +323,8 @@ class TrialCounter(Callback):
             if trial.trial_id not in self._best_of:
                 analysis = (getattr(trial, "metric_analysis", None) or {}).get(self.metric) or {}
                 self._note(trial, analysis.get(self.mode))
+            if trial.status in ("TERMINATED", "ERROR") and trial.trial_id not in self._ended:
+                self.ends.ended_earlier(trial.trial_id, _epochs(trial), errored=trial.status == "ERROR")
         # After a stop request Tune marks the trials it stopped TERMINATED: they were interrupted, not ended.
         stopping = self.stop is not None and self.stop.requested
         states = ((self._ended.get(t.trial_id) or ("PAUSED" if stopping and t.status == "TERMINATED" else t.status),

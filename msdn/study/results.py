@@ -49,7 +49,8 @@ class TrialEnds:
     """Each trial's final state, decided once (`trial_state`) when Tune first tells a callback that it ended.
 
     The MLflow callback and the console's counter share one, so that a stop asked for between their two
-    hooks cannot give a trial two states; the outcome reads `states` for the trials that ended in this run.
+    hooks cannot give a trial two states; the counter also reports the trials a resumed study restored as
+    ended (`ended_earlier`). The outcome reads `states`: a trial not in it had not ended when Tune returned.
     `stop` is the study's msdn.study.interrupt.StopRequests (None: no stop can be asked for).
     """
 
@@ -67,6 +68,13 @@ class TrialEnds:
         if trial_id not in self.states:
             self.states[trial_id] = trial_state(epochs, self.max_epochs, errored, self.stopping)
         return self.states[trial_id]
+
+    def ended_earlier(self, trial_id: str, epochs: int, errored: bool) -> None:
+        """A trial Tune holds as ended though no callback heard it end in this run: a resumed study's trial that
+        ended in an earlier run, before any stop (one cut short then is restored unfinished, and continued).
+        Ignored once a stop is asked for: Tune then marks the trials it cuts short as ended too."""
+        if not self.stopping:
+            self.decide(trial_id, epochs, errored)
 
 
 @dataclass(frozen=True)
