@@ -144,6 +144,27 @@ def test_trials_stopped_by_an_interruption_do_not_count_as_ended():
         counter.on_experiment_end([a, b])
     assert lines == ["trial b  stopped early  2/3 epochs  H -",
                      "trials: 1 of 4 ended in 0s (0 completed, 1 stopped early, 0 errored), 3 trial-epochs"]
+    assert counter.ends.states == {"b": "stopped_early"}  # a had not ended: the outcome says interrupted
+
+
+def test_a_trial_that_errors_after_a_stop_request_shows_as_interrupted_as_in_mlflow(tmp_path):
+    """One rule (results.trial_state through a shared TrialEnds): the console line says what the MLflow run's tag
+    says (tests/test_tracking.py), and the error stays on the line."""
+    from msdn.study.results import TrialEnds
+
+    lines, stop = [], SimpleNamespace(requested=False)
+    ends = TrialEnds(3, stop)
+    counter = TrialCounter(PlainDisplay(lines.append, "H", interval=None), total=2, max_epochs=3, metric="H",
+                           mode="max", stop=stop, ends=ends)
+    a = fake_trial("a", "RUNNING", 1)
+    error = tmp_path / "error.txt"
+    error.write_text("Traceback (most recent call last):\nRayActorError: the actor died\n")
+    a.error_file = str(error)
+    with counter:
+        stop.requested = True
+        counter.on_trial_error(2, [a], a)
+    assert lines[0] == "trial a  interrupted    1/3 epochs  H -  RayActorError: the actor died"
+    assert ends.states == {"a": "interrupted"}
 
 
 def test_a_resumed_studys_trials_count_with_their_recorded_best():
@@ -157,6 +178,7 @@ def test_a_resumed_studys_trials_count_with_their_recorded_best():
     assert counter.snapshot.best == Best(0.6, "old", (("lr", 1e-3),))
     assert (counter.snapshot.completed, counter.snapshot.bound, counter.eta()) == (1, 6, None)
     assert lines == ["trials: 1 of 2 ended in 0s (1 completed, 0 stopped early, 0 errored), 3 trial-epochs"]
+    assert counter.ends.states == {"old": "completed"}  # it ended in the run before: a stop now does not cut it
 
 
 # -- the report at the console's width --------------------------------------------------------------------------
@@ -231,8 +253,8 @@ def test_verbose_shows_library_log_lines_on_stderr_too(tmp_path, capsys):
 
 
 def test_a_study_that_failed_at_start_keeps_its_log(tmp_path):
+    from msdn.study.conclude import remove_unstarted_experiment
     from msdn.study.options import StudyRequest, with_defaults
-    from msdn.study.runner import remove_unstarted_experiment
 
     opts = with_defaults(StudyRequest(dataset="synthetic", storage_path=str(tmp_path), experiment="e"), 4)
     (tmp_path / "e").mkdir()

@@ -144,7 +144,7 @@ def test_refits_statistics_and_the_parent_runs_figures():
 
 def test_refit_child_runs_are_logged_once_even_when_logged_again_on_resume(tmp_path):
     from msdn.study import tracking
-    from msdn.study.tracking.parent import REFIT_CONFIG_TAG, REFIT_NAME_TAG, REFIT_SEED_TAG, log_refit_run
+    from msdn.study.tracking.parent import REFIT_CONFIG_TAG, REFIT_NAME_TAG, REFIT_SEED_TAG, ParentRun
     from msdn.study.tracking.writer import TrackingWriter
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -153,10 +153,10 @@ def test_refit_child_runs_are_logged_once_even_when_logged_again_on_resume(tmp_p
     parent_id = c.create_run(experiment_id, tags={tracking.STUDY_TAG: "parent"}).info.run_id
     refit = RefitResult(**{**fake(BASELINE, 5, 0.6).__dict__, "train_config": default_config("synthetic").to_dict()})
     writer = TrackingWriter(uri, progress=None)
+    parent = ParentRun(writer, experiment_id, parent_id)
     try:
         for _ in range(2):  # logged when it finished, then again by a resumed study that found it stored
-            log_refit_run(writer, experiment_id, parent_id, refit, {"dataset": "synthetic",
-                                                                    tracking.STUDY_TAG: "trial"})
+            parent.log_refit_run(refit, {"dataset": "synthetic", tracking.STUDY_TAG: "trial"})
         assert writer.flush(60)
     finally:
         writer.close(30)

@@ -1,4 +1,5 @@
-"""A study's results (msdn/study/results.py) and what is printed and saved of them (msdn/study/report.py)."""
+"""A study's results (msdn/study/results.py), its outcome (outcome.py) and what is printed and saved of them
+(msdn/study/report.py)."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,9 +12,10 @@ import pytest
 
 from msdn.metrics import HEADLINE_KEYS, SCORE_KEYS, SUMMARY_KEYS
 from msdn.study.options import StudyRequest, with_defaults
+from msdn.study.outcome import StudyOutcome
 from msdn.study.report import end_lines, format_table, refit_lines, summary_dict
-from msdn.study.results import (BASELINE, TUNED, RefitResult, Refits, StudyResult, TrialSummary, best_trial,
-                                trial_state, trial_summaries)
+from msdn.study.results import (BASELINE, TUNED, RefitResult, Refits, TrialEnds, TrialRecord, TrialSummary,
+                                best_trial, trial_records, trial_state, trial_summaries)
 from msdn.study.search_space import METRICS, load_search_space
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,12 +45,31 @@ def trial(trial_id: str, H: float | None, state: str = "completed", **params) ->
     return TrialSummary(trial_id, state, 3 if best else 0, params, best=best, best_epoch=2 if best else None)
 
 
-@pytest.mark.parametrize("epochs, max_epochs, errored, expected", [
-    (4, 4, False, "completed"), (6, 4, False, "completed"), (1, 4, False, "stopped_early"),
-    (4, 4, True, "errored"), (0, 4, True, "errored"),
+@pytest.mark.parametrize("epochs, max_epochs, errored, stopping, expected", [
+    (4, 4, False, False, "completed"), (6, 4, False, False, "completed"), (1, 4, False, False, "stopped_early"),
+    (4, 4, True, False, "errored"), (0, 4, True, False, "errored"), (0, 4, False, False, "no result"),
+    # ended after a stop request: cut short (errored meanwhile or not), unless it had trained every epoch
+    (1, 4, False, True, "interrupted"), (0, 4, False, True, "interrupted"), (1, 4, True, True, "interrupted"),
+    (4, 4, True, True, "interrupted"), (4, 4, False, True, "completed"),
 ])
-def test_trial_state_rule(epochs, max_epochs, errored, expected):
-    assert trial_state(epochs, max_epochs, errored) == expected
+def test_trial_state_rule(epochs, max_epochs, errored, stopping, expected):
+    assert trial_state(epochs, max_epochs, errored, stopping) == expected
+
+
+class Stop:
+    """What TrialEnds reads of msdn.study.interrupt.StopRequests."""
+
+    requested = False
+
+
+def test_each_trial_ends_once_in_the_state_its_first_end_decides():
+    stop = Stop()
+    ends = TrialEnds(max_epochs=4, stop=stop)
+    assert ends.decide("a", 2, errored=False) == "stopped_early"
+    stop.requested = True  # Ctrl+C: what ends now was cut short, an error included
+    assert ends.decide("b", 1, errored=True) == "interrupted" and ends.decide("c", 4, errored=False) == "completed"
+    assert ends.decide("a", 3, errored=True) == "stopped_early"  # a second hook on the same end changes nothing
+    assert ends.states == {"a": "stopped_early", "b": "interrupted", "c": "completed"}
 
 
 def test_trial_summaries_pick_each_trials_best_epoch_and_state():
@@ -59,7 +80,11 @@ def test_trial_summaries_pick_each_trials_best_epoch_and_state():
         tune_result("d", None, error="worker died", lr=5e-4),
         tune_result("e", None, lr=5e-4),
     ]
-    a, b, c, d, e = trial_summaries(grid, "H", "max", max_epochs=3)
+    records = trial_records(grid)
+    assert [r.trial_id for r in records] == list("abcde") and records[3].error == "worker died"
+    assert records[0].epochs == 3 and records[3].epochs == 0 and records[0].config == {"lr": 1e-3}
+    assert TrialRecord.from_json(json.loads(json.dumps(records[0].to_json()))) == records[0]
+    a, b, c, d, e = trial_summaries(records, "H", "max", max_epochs=3)
     assert (a.trial_id, a.state, a.epochs, a.best_epoch, a.best["H"], a.params) == ("a", "completed", 3, 2, 0.5,
                                                                                      {"lr": 1e-3})
     assert (b.state, b.epochs, b.best_epoch, b.error) == ("stopped_early", 1, 1, None)
@@ -67,8 +92,18 @@ def test_trial_summaries_pick_each_trials_best_epoch_and_state():
     assert (d.state, d.epochs, d.best, d.best_epoch, d.error) == ("errored", 0, None, None, "worker died")
     assert (e.state, e.best) == ("no result", None)
     # mode min picks the lowest value of the metric
-    (a_min, *_) = trial_summaries(grid[:1], "loss", "min", max_epochs=3)
+    (a_min, *_) = trial_summaries(records[:1], "loss", "min", max_epochs=3)
     assert a_min.best_epoch == 3
+    # a stopped study: the state each trial got as it ended, else cut short (b had not ended when the stop came)
+    states = [t.state for t in trial_summaries(records, "H", "max", 3, ended={"a": "completed"}, stopping=True)]
+    assert states == ["completed", "interrupted", "interrupted", "interrupted", "interrupted"]
+
+
+def test_a_trial_that_reported_is_named_by_its_experiment_tag():
+    result = tune_result("a", [epoch(1, 0.2)], lr=1e-3)
+    result.metrics["experiment_tag"] = "7_lr=0.0010"  # Tune adds it to every result it keeps
+    assert trial_records([result])[0].experiment_tag == "7_lr=0.0010"
+    assert trial_records([tune_result("b", None)])[0].experiment_tag is None
 
 
 def test_best_trial_by_mode_ignoring_nan_and_missing_results():
@@ -108,8 +143,8 @@ def test_summary_and_end_lines(space, tmp_path):
     best = trial("c", 0.7, lr=2.5e-4)
     refit = RefitResult(metrics={k: 0.5 for k in SUMMARY_KEYS}, epochs=2, seed=11, train_time=1.5,
                         curve={"curve_gamma": [0.0, 1.0]})
-    result = StudyResult("/r/msdn", "sqlite:///x.db", "1", "run", trials=[best, trial("d", None, state="errored")],
-                         best=best, refits=Refits([refit]), best_config_path="/r/msdn/best_config.yaml")
+    result = outcome(space, trials=[best, trial("d", None, state="errored")], best=best, refits=Refits([refit]),
+                     best_config_path="/r/msdn/best_config.yaml", best_run_name="t03 lr=2.5e-4", state="completed")
     summary = json.loads(json.dumps(summary_dict(result)))
     assert summary["best"]["trial_id"] == "c" and summary["best"]["best_epoch"] == 2
     assert summary["best"]["metrics"]["H"] == 0.7 and "curve_H" not in summary["best"]["metrics"]
@@ -118,8 +153,10 @@ def test_summary_and_end_lines(space, tmp_path):
     assert summary["refits"]["seeds"] == [11] and summary["best_config"] == "/r/msdn/best_config.yaml"
     assert summary["trials"][1] == {"trial_id": "d", "params": {}, "error": None, "state": "errored", "epochs": 0,
                                     "metrics": {}}
-    opts = with_defaults(StudyRequest(dataset="synthetic", search_space=space.path), space.asha.max_t)
-    lines = end_lines(result, opts, space)
+    assert (summary["state"], summary["trial_states"], summary["best_run"]) == (
+        "completed", {"completed": 1, "errored": 1}, "t03 lr=2.5e-4")
+    assert summary["optuna_journal"] is None and summary["tracking_uri"] == "sqlite:///x.db"
+    lines = end_lines(result)
     assert lines[0] == "\n2 trials: 1 completed, 1 errored"
     assert lines[1].startswith("best trial c at epoch 2: H=0.7000")
     assert lines[2] == "TEST (refit on trainval, 2 epochs, gamma=0.50): S=0.5000 U=0.5000 H=0.5000 ZSL=0.5000"
@@ -128,6 +165,14 @@ def test_summary_and_end_lines(space, tmp_path):
                              "--config /r/msdn/best_config.yaml")  # the refit's device and threads
     assert lines[-2:] == ["MLflow:  mlflow ui --backend-store-uri sqlite:///x.db", "         (experiment 'msdn-synthetic-val')"]
     assert all(len(line) <= 120 for text in lines for line in text.splitlines())
+
+
+def outcome(space, **fields) -> StudyOutcome:
+    """The outcome of a synthetic study stored under /r/msdn, tracked in sqlite:///x.db, then `fields`."""
+    return StudyOutcome(experiment="msdn-synthetic-val", dataset="synthetic", protocol="val", metric=space.metric,
+                        mode=space.mode, param_names=tuple(space.param_names), planned_trials=2, max_epochs=3,
+                        experiment_path="/r/msdn", tracking_uri="sqlite:///x.db", experiment_id="1",
+                        parent_run_id="run", **fields)
 
 
 def refit(config: str, seed: int, H: float, epochs: int = 2) -> RefitResult:
@@ -178,8 +223,8 @@ def test_refit_table_shows_each_configuration_over_seeds_and_the_paired_delta():
 
 
 def test_a_study_that_failed_at_start_leaves_nothing_that_blocks_a_retry(tmp_path):
+    from msdn.study.conclude import remove_unstarted_experiment
     from msdn.study.options import experiment_path
-    from msdn.study.runner import remove_unstarted_experiment
 
     opts = with_defaults(StudyRequest(dataset="synthetic", storage_path=str(tmp_path), experiment="exp"), 4)
     folder = Path(experiment_path(opts))

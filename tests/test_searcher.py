@@ -10,6 +10,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from msdn.study import ray_private
 from msdn.study.options import StudyError
 from msdn.study.search_space import load_search_space
 from msdn.study.searcher import (JOURNAL_FILE, StudySearcher, check_journal, load_optuna_study,
@@ -57,7 +58,7 @@ def test_stopped_trials_are_pruned_and_completed_trials_keep_their_best_value():
     s.on_trial_complete("authors", result=result(4, 0.50))  # a repeated completion changes nothing
     s.on_trial_result("stopped", result(3, 0.99))  # nor a late result of a finished trial
 
-    authors, stopped, errored, nan = by_number(s._ot_study)
+    authors, stopped, errored, nan = by_number(ray_private.optuna_study(s))
     assert authors.params == SPACE.initial_points("synthetic")[0]  # the starting point is the first trial
     assert (authors.state, authors.value) == (TrialState.COMPLETE, 0.55)  # its best epoch, not its last
     assert authors.intermediate_values == {1: 0.30, 2: 0.40, 3: 0.55, 4: 0.50}
@@ -71,7 +72,7 @@ def test_resumed_epochs_are_reported_once():
     s.suggest("t")
     for epoch, value in ((1, 0.3), (2, 0.4), (2, 0.41), (1, 0.31), (3, 0.5)):  # a restart repeats epochs 1-2
         s.on_trial_result("t", result(epoch, value))
-    assert by_number(s._ot_study)[0].intermediate_values == {1: 0.3, 2: 0.4, 3: 0.5}
+    assert by_number(ray_private.optuna_study(s))[0].intermediate_values == {1: 0.3, 2: 0.4, 3: 0.5}
 
 
 def test_tpe_ranks_a_pruned_trial_below_every_completed_one():
@@ -82,7 +83,7 @@ def test_tpe_ranks_a_pruned_trial_below_every_completed_one():
     s = searcher()
     run(s, "finished", [0.2, 0.3, 0.35, 0.4])
     run(s, "stopped", [0.7, 0.8], stopped=True)
-    study = s._ot_study
+    study = ray_private.optuna_study(s)
     below, above = _split_trials(study, study.get_trials(deepcopy=False), n_below=1)
     assert [t.number for t in below] == [0] and [t.number for t in above] == [1]
 
@@ -142,25 +143,30 @@ def test_importances_need_enough_completed_trials(tmp_path):
 
 
 def test_importances_reach_the_parent_run_as_metrics_and_a_plot(tmp_path):
-    """runner._importances: the persisted study's importances queued as `importance.<param>`, plus a bar plot."""
+    """conclude._importances: the persisted study's importances queued as `importance.<param>`, plus a bar plot."""
     from types import SimpleNamespace
 
+    from msdn.study.conclude import _importances
     from msdn.study.options import StudyRequest, with_defaults
-    from msdn.study.results import StudyResult
-    from msdn.study.runner import _importances
+    from msdn.study.outcome import StudyOutcome
+    from msdn.study.tracking.parent import ParentRun
 
     s = searcher(tmp_path / "exp" / JOURNAL_FILE)
     for i in range(6):
         run(s, f"t{i}", [0.1, 0.2, 0.3, 0.1 + 0.05 * i])
     queued, logged, said = [], [], []
-    writer = SimpleNamespace(submit=lambda what, fn: queued.append(fn))
+    parent = ParentRun(SimpleNamespace(submit=lambda what, fn: queued.append(fn)), "1", "parent-run")
     client = SimpleNamespace(log_batch=lambda run_id, metrics: logged.extend((m.key, m.value) for m in metrics))
     opts = with_defaults(StudyRequest(dataset="synthetic", search_space=SPACE.path, experiment="msdn-test"), 4)
-    result = StudyResult(str(tmp_path / "exp"), "sqlite:///x.db", "1", "parent-run")
-    plots = _importances(opts, SPACE, result, writer, tmp_path, said.append)
+
+    def outcome(folder: str) -> StudyOutcome:
+        return StudyOutcome("msdn-test", "synthetic", "val", SPACE.metric, SPACE.mode, SPACE.param_names, 6,
+                            MAX_EPOCHS, str(tmp_path / folder), "sqlite:///x.db", "1", "parent-run",
+                            journal=str(tmp_path / folder / JOURNAL_FILE))
+
+    plots = _importances(opts, SPACE, outcome("exp"), parent, tmp_path, said.append)
     assert [p.name for p in plots] == ["param_importances.png"] and plots[0].stat().st_size > 0
     queued[0](client)
     assert {key for key, _ in logged} == {f"importance.{name}" for name in SPACE.param_names}
     assert said[0].startswith("parameter importances (fANOVA, COMPLETE trials): ")
-    empty = StudyResult(str(tmp_path / "none"), "sqlite:///x.db", "1", "parent-run")
-    assert _importances(opts, SPACE, empty, writer, tmp_path, said.append) == [] and "not computed" in said[-1]
+    assert _importances(opts, SPACE, outcome("none"), parent, tmp_path, said.append) == [] and "not computed" in said[-1]

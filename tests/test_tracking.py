@@ -2,7 +2,8 @@
 
 Tune calls the callback's hooks; here the tests call them in the orders Tune does (start, results,
 complete / error / recover, a resumed driver) and read the store back. Then the parent run's description
-(`parent.study_description`, exact markdown for each way a study ends) and its logging.
+(`parent.study_description` of a study's outcome, exact markdown for each way a study ends) and its logging.
+tests/test_conclude.py ends whole recorded studies in-process against such a store.
 """
 from __future__ import annotations
 
@@ -13,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from msdn.study import tracking
-from msdn.study.options import StudyRequest, with_defaults
+from msdn.study.outcome import StudyOutcome
 from msdn.study.report import refit_lines
-from msdn.study.results import BASELINE, TUNED, RefitResult, Refits, StudyResult, TrialSummary
+from msdn.study.results import BASELINE, TUNED, RefitResult, Refits, TrialRecord, TrialSummary
 from msdn.study.search_space import load_search_space
-from msdn.study.tracking.parent import NOTE_TAG, end_parent_run, log_description, study_description
+from msdn.study.tracking.parent import NOTE_TAG, ParentRun, study_description
 from msdn.study.tracking.writer import TrackingWriter
 
 MAX_EPOCHS = 3
@@ -220,20 +221,28 @@ class StopAsked:
     requested = True
 
 
-def test_trials_ending_after_a_stop_request_are_interrupted_not_finished(study, writers):
+def test_trials_ending_after_a_stop_request_are_interrupted_not_finished(study, writers, tmp_path):
     cb = callback(study, writers, stop=StopAsked())
+    error_file = tmp_path / "error.txt"
+    error_file.write_text("Traceback ...\nRayActorError: the actor died\n")
     short, full = FakeTrial("t1", {"lr": 5e-4}), FakeTrial("t2", {"lr": 1e-3})
-    for trial in (short, full):
+    failing = FakeTrial("t3", {"lr": 2e-3}, error_file=str(error_file))
+    for trial in (short, full, failing):
         cb.on_trial_start(0, [], trial)
     report(cb, short, 1)
+    report(cb, failing, 1)
     for epoch in range(1, MAX_EPOCHS + 1):
         report(cb, full, epoch)
     cb.on_trial_complete(0, [], short)  # Tune ends running trials when it stops: not ASHA's decision
     cb.on_trial_complete(0, [], full)  # it had reached max epochs before the stop
+    cb.on_trial_error(0, [], failing)  # an error while stopping: --resume retries it, as an interrupted trial
     sync(cb)
     runs = children(study)
     assert runs["t1"].info.status == "KILLED" and runs["t1"].data.tags["trial_state"] == "interrupted"
     assert runs["t2"].info.status == "FINISHED" and runs["t2"].data.tags["trial_state"] == "completed"
+    assert runs["t3"].info.status == "KILLED" and runs["t3"].data.tags["trial_state"] == "interrupted"
+    assert "the actor died" in runs["t3"].data.tags["error"]
+    assert cb.ends.states == {"t1": "interrupted", "t2": "completed", "t3": "interrupted"}
 
 
 def test_scalar_metrics_keeps_finite_numbers_of_the_model_only():
@@ -251,22 +260,10 @@ def test_tracking_uri_checks(tmp_path):
     assert tracking.default_tracking_uri(tmp_path) == f"sqlite:///{Path(tmp_path).resolve() / 'mlflow.db'}"
 
 
-class FakeResult:
-    """What `reconcile` reads of a Tune Result."""
-
-    def __init__(self, trial_id: str, epochs: int, error: str | None = None) -> None:
-        import pandas as pd
-
-        self.metrics = {"trial_id": trial_id} if epochs else {}
-        self.metrics_dataframe = pd.DataFrame([{"training_iteration": e, "H": 0.1 * e, "S": 0.5, "trial_id": trial_id,
-                                                "config/lr": 0.1} for e in range(1, epochs + 1)])
-        self.error = error
-
-
-class FakeGrid(list):
-    def __init__(self, results, trial_ids) -> None:
-        super().__init__(results)
-        self._experiment_analysis = type("Analysis", (), {"trials": [FakeTrial(t, {}) for t in trial_ids]})()
+def record(trial_id: str, epochs: int, error: str | None = None) -> TrialRecord:
+    """Tune's record of a trial (`results.trial_records`) that reported `epochs` epochs."""
+    return TrialRecord(trial_id, {"lr": 0.1}, [{"training_iteration": e, "H": 0.1 * e, "S": 0.5, "trial_id": trial_id,
+                                               "config/lr": 0.1} for e in range(1, epochs + 1)], error)
 
 
 def test_reconcile_completes_runs_from_tunes_results_after_a_hard_kill(study, writers):
@@ -278,7 +275,7 @@ def test_reconcile_completes_runs_from_tunes_results_after_a_hard_kill(study, wr
     report(killed, t1, 2)
     sync(killed)
     resumed = callback(study, writers)  # Tune's snapshot says t1 finished 3 epochs; it knows t2 (no result), not t9
-    resumed.reconcile(FakeGrid([FakeResult("t1", 3), FakeResult("t2", 0, error="boom")], ["t1", "t2"]))
+    resumed.reconcile([record("t1", 3), record("t2", 0, error="boom")])
     sync(resumed)
     runs = children(study)
     assert set(runs) == {"t1"}  # t9's run is deleted: it is not a trial of the restored study
@@ -286,7 +283,7 @@ def test_reconcile_completes_runs_from_tunes_results_after_a_hard_kill(study, wr
     assert runs["t1"].info.status == "FINISHED" and runs["t1"].data.tags["trial_state"] == "completed"
 
 
-# -- the parent run's description (tracking/parent.py: study_description, log_description) ------------------------
+# -- the parent run's description (tracking/parent.py: study_description of the outcome, ParentRun.end) ----------
 REPO = Path(__file__).resolve().parents[1]
 BEST_RUN = "t02 lr=3.1e-4 λdis=2.0e-3 λcal=0.12"
 PROTOCOL = ("- **Protocol:** val: trials train on train classes and report validation metrics; the best is refit and "
@@ -299,26 +296,29 @@ BEST_LINES = [
 ]
 
 
-def described(**changes):
-    """(StudyResult, StudyOptions, SearchSpace) of a finished synthetic study with one tuned refit, then `changes`."""
-    space_file = REPO / "search_spaces" / "synthetic.yaml"
-    opts = with_defaults(StudyRequest(dataset="synthetic", search_space=space_file, num_samples=3), 4)
+def described(states=("completed", "stopped_early", "stopped_early"), **changes) -> StudyOutcome:
+    """The outcome of a completed synthetic study of 3 planned trials with one tuned refit: its best trial first,
+    then trials in `states` after the first; then `changes`."""
+    space = load_search_space(REPO / "search_spaces" / "synthetic.yaml", "synthetic")
     params = {"lambda_dis": 0.0020137, "lambda_cal": 0.12345, "lr": 0.00031234, "lr_v_factor": 1.234,
               "weight_decay": 0.0001, "momentum": 0.9, "alpha": 0.85, "gamma": 2.3}
-    best = TrialSummary("6b63844f", "completed", 4, params, best_epoch=3,
+    best = TrialSummary("6b63844f", states[0], 4, params, best_epoch=3,
                         best={"H_grid": 0.41234, "S_grid": 0.6, "U_grid": 0.31, "S": 0.5, "U": 0.3, "H": 0.375,
                               "training_iteration": 3})
+    others = [TrialSummary(f"0000000{i}", state, 1, {}) for i, state in enumerate(states[1:])]
     refit = RefitResult(metrics={"S": 0.6, "U": 0.5, "H": 0.5, "zsl_acc": 0.55, "gamma": 2.3}, epochs=3, seed=3,
                         train_time=3.0, curve={}, config=TUNED)
-    result = StudyResult("results/msdn-synthetic-val", "sqlite:///mlflow.db", "1", "parent", trials=[best], best=best,
-                         refits=Refits([refit]), best_config_path="results/msdn-synthetic-val/best_config.yaml")
-    for key, value in changes.items():
-        setattr(result, key, value)
-    return result, opts, load_search_space(space_file, "synthetic")
+    fields = dict(experiment="msdn-synthetic-val", dataset="synthetic", protocol="val", metric=space.metric,
+                  mode=space.mode, param_names=tuple(space.param_names), planned_trials=3, max_epochs=4,
+                  experiment_path="results/msdn-synthetic-val", tracking_uri="sqlite:///mlflow.db", experiment_id="1",
+                  parent_run_id="parent", state="completed", trials=[best, *others], best=best,
+                  best_run_name=BEST_RUN, refits=Refits([refit]),
+                  best_config_path="results/msdn-synthetic-val/best_config.yaml")
+    return StudyOutcome(**{**fields, **changes})
 
 
 def test_description_of_a_completed_study_with_one_refit():
-    text = study_description(*described(), "completed", {"completed": 1, "stopped_early": 2, "running": 0}, BEST_RUN)
+    text = study_description(described())
     assert text.splitlines() == [
         "**Study `msdn-synthetic-val` on synthetic: completed**",
         "",
@@ -342,7 +342,7 @@ def test_description_gives_the_refits_intervals_and_the_paired_difference_as_the
 
     refits = Refits([refit(TUNED, s, h) for s, h in ((3, .50), (8, .52), (9, .49))],
                     [refit(BASELINE, s, h) for s, h in ((3, .45), (8, .47), (9, .46))])
-    text = study_description(*described(refits=refits), "completed", {"completed": 3}, BEST_RUN)
+    text = study_description(described(refits=refits))
     block = text.split("```text\n")[1].split("\n```")[0].splitlines()
     assert block == refit_lines(refits)
     assert block[0] == "TEST (refit on trainval, each tested once; seeds 3, 8, 9)"
@@ -352,9 +352,9 @@ def test_description_gives_the_refits_intervals_and_the_paired_difference_as_the
 
 
 def test_description_of_a_study_interrupted_during_the_trials_says_what_is_missing():
-    result = described(best=None, refits=None, best_config_path=None, interrupted=True)
-    text = study_description(*result, "interrupted", {"completed": 1, "interrupted": 1})
-    assert text.splitlines() == [
+    outcome = described(("completed", "interrupted"), best=None, refits=None, best_config_path=None,
+                        state="interrupted")
+    assert study_description(outcome).splitlines() == [
         "**Study `msdn-synthetic-val` on synthetic: interrupted**",
         "",
         "- **Missing:** the best configuration and the test result: the trials did not finish. Continue it with the "
@@ -365,8 +365,7 @@ def test_description_of_a_study_interrupted_during_the_trials_says_what_is_missi
 
 
 def test_description_of_a_study_interrupted_during_the_refits_keeps_the_best_configuration():
-    text = study_description(*described(refits=None, best_config_path=None, interrupted=True), "interrupted",
-                             {"completed": 1, "stopped_early": 2}, BEST_RUN)
+    text = study_description(described(refits=None, best_config_path=None, state="interrupted"))
     assert text.splitlines() == [
         "**Study `msdn-synthetic-val` on synthetic: interrupted**",
         "",
@@ -381,20 +380,18 @@ def test_description_of_a_study_interrupted_during_the_refits_keeps_the_best_con
 def test_description_of_a_failed_study_names_the_error_on_one_line():
     error = ("StudyFailed: every trial failed; the first error:\nTraceback (most recent call last):\n  ...\n"
              "ValueError: nan")
-    text = study_description(*described(best=None, refits=None, best_config_path=None), "failed",
-                             {"errored": 3, "retrying": 1}, error=error)
+    text = study_description(described(("errored",) * 3 + ("no result",), best=None, refits=None,
+                                       best_config_path=None, state="failed", error=error))
     assert text.splitlines()[2:4] == [
         "- **Failed:** StudyFailed: every trial failed; the first error: … ValueError: nan",
-        "- **Trials:** 4 of 3 (0 completed, 0 stopped_early, 3 errored, 0 interrupted, 1 retrying)",
+        "- **Trials:** 4 of 3 (0 completed, 0 stopped_early, 3 errored, 0 interrupted, 1 no result)",
     ]
 
 
 def test_description_without_a_refit():
-    result, opts, space = described(refits=None)
-    text = study_description(result, opts, space, "completed", {"completed": 3}, BEST_RUN)
+    text = study_description(described(("completed",) * 3, refits=None))
     assert text.splitlines()[-2:] == ["", "**Test:** not run (`--no-refit`)."]
-    opts = dataclasses.replace(opts, protocol="paper")
-    lines = study_description(result, opts, space, "completed", {"completed": 3}, BEST_RUN).splitlines()
+    lines = study_description(described(("completed",) * 3, refits=None, protocol="paper")).splitlines()
     assert lines[-3].startswith("- **Protocol:** paper: trains on trainval and reports TEST metrics every epoch")
     assert "epoch 3 of 4 trained: test (paper protocol: selected on test) H_grid = 0.4123" in lines[3]
     assert lines[-1] == ("**Test:** no refit under the paper protocol: the figures above are test-split figures "
@@ -402,46 +399,23 @@ def test_description_without_a_refit():
 
 
 def test_description_gives_the_figures_that_go_with_the_study_metric():
-    result, opts, space = described()
-    result.best.best["loss"] = 1.25
+    outcome = described()
+    outcome.best.best["loss"] = 1.25
     for metric, figures in (("H", "H = 0.3750 (S 0.5000, U 0.3000)"),
                             ("loss", "loss = 1.2500 (S 0.5000, U 0.3000, H 0.3750)")):
-        text = study_description(result, opts, dataclasses.replace(space, metric=metric), "completed", {}, BEST_RUN)
+        text = study_description(dataclasses.replace(outcome, metric=metric))
         assert f"epoch 3 of 4 trained: validation {figures}\n" in text
 
 
-def test_log_description_sets_the_parent_runs_description_from_its_trial_runs(study, writers):
-    cb = callback(study, writers)
-    trials = [FakeTrial("6b63844f", {"lr": 3.1234e-4, "lambda_dis": 0.002}, number=2),
-              FakeTrial("aaaa0001", {"lr": 1e-3, "lambda_dis": 0.001}, number=1)]
-    for trial in trials:
-        cb.on_trial_start(0, [], trial)
-        report(cb, trial, 1)
-    cb.on_trial_complete(0, [], trials[0])
-    cb.close_open_runs("KILLED")
-    result, opts, space = described(experiment_id=study[1], parent_run_id=study[2], refits=None)
-
-    def description(state: str | None, raised: BaseException | None = None) -> list[str]:
-        """What the runner does as a study ends: end the parent run (`state`), then, in its `finally`, describe it."""
-        if state is not None:
-            end_parent_run(cb.writer, study[2], "FINISHED", study_state=state)
-        try:
-            if raised is not None:
-                raise raised
-        except BaseException:
-            log_description(cb.writer, result, opts, space)
-        else:
-            log_description(cb.writer, result, opts, space)
-        sync(cb)
-        return tracking.client(study[0]).get_run(study[2]).data.tags[NOTE_TAG].splitlines()
-
-    lines = description(None)  # no study_state tag: the state follows from the result and the exception
-    assert lines[0] == "**Study `msdn-synthetic-val` on synthetic: completed**"
-    assert lines[2] == "- **Trials:** 2 of 3 (0 completed, 1 stopped_early, 0 errored, 1 interrupted)"
-    assert lines[3].startswith("- **Best trial:** `t02 lr=3.1e-4 λdis=2.0e-3` (trial_id 6b63844f)")
-    lines = description("failed", RuntimeError("the refit t01 failed"))
-    assert lines[0] == "**Study `msdn-synthetic-val` on synthetic: failed**"
-    assert lines[2] == "- **Failed:** RuntimeError: the refit t01 failed"
-    # the state is the one the runner recorded, even when the runner itself runs while another exception is handled
-    assert description("completed", ValueError("a caller's own error"))[0].endswith(": completed**")
-    assert description("interrupted")[0].endswith(": interrupted**")
+def test_the_parent_run_ends_with_its_state_and_the_description_of_its_outcome(study, writers):
+    uri, experiment_id, run_id = study
+    writer = TrackingWriter(uri, progress=None)
+    writers.append(writer)
+    parent = ParentRun(writer, experiment_id, run_id)
+    outcome = described(("completed", "interrupted"), best=None, refits=None, best_config_path=None,
+                        state="interrupted")
+    parent.end(outcome)
+    assert writer.flush(60)
+    run = tracking.client(uri).get_run(run_id)
+    assert run.info.status == "KILLED" and run.data.tags["study_state"] == "interrupted"
+    assert run.data.tags[NOTE_TAG] == study_description(outcome)

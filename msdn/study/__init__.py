@@ -5,10 +5,13 @@
     options.py       StudyRequest (the flags, one field each) -> resolve_options -> StudyOptions; StudyError
     cluster.py       Ray: connecting, trial resources, per-node storage and data checks
     trainable.py     one trial: a Trainer driven epoch by epoch, reporting to Tune
-    runner.py        run_study: the study from start to end (build_tuner, fit, refit, report)
+    runner.py        run_study: the study from start to end (options, Ray, the parent run, build_tuner, fit)
+    conclude.py      the end of a study after Tuner.fit, however it ends: the outcome, refits, report, MLflow
+    outcome.py       StudyOutcome: how a study ended and what it found, which the console, MLflow and files render
+    ray_private.py   every use of a private Ray/Tune name, each with why and the Ray it was checked against
     refit.py         the refits: tuned and authors' configuration, N seeds, on trainval, tested once; best_config.yaml
     stats.py         mean, sd, t intervals (paired by seed) of the refits' test figures
-    results.py       TrialSummary, RefitResult, Refits, StudyResult; the trial-state rule; the best trial
+    results.py       TrialRecord, TrialSummary, RefitResult, Refits; the trial-state rule (TrialEnds); the best trial
     report.py        the printed header, top-trials table and end lines; the summary file
     plots.py         the parent run's PNG plots
     tracking/        MLflow: the store, the per-trial callback, the parent run

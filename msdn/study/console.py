@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Protocol
 from ray.tune import Callback
 
 from msdn.progress import Progress, silent
-from msdn.study.results import COMPLETED, ERRORED, INTERRUPTED, STOPPED_EARLY, trial_state
+from msdn.study.results import COMPLETED, ERRORED, INTERRUPTED, NO_RESULT, STOPPED_EARLY, TrialEnds
 from msdn.study.tracking.names import trial_number
 from msdn.study.trainable import improves
 
@@ -26,7 +26,7 @@ PLAIN_INTERVAL_S = 30.0  # seconds between two plain status lines
 KEY_PARAMS = 3  # parameters shown with the best trial: the search space's first ones
 BAR_WIDTH = 24
 STATE_WORDS = {COMPLETED: "completed", STOPPED_EARLY: "stopped early", ERRORED: "errored",
-               INTERRUPTED: "interrupted"}
+               INTERRUPTED: "interrupted", NO_RESULT: "no result"}
 
 
 @dataclass(frozen=True)
@@ -269,11 +269,13 @@ class TrialCounter(Callback):
     """
 
     def __init__(self, display: Display, *, total: int, max_epochs: int, metric: str, mode: str,
-                 key_params: Iterable[str] = (), stop=None, clock: Callable[[], float] = time.monotonic) -> None:
+                 key_params: Iterable[str] = (), stop=None, ends: TrialEnds | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.display = display
         self.total, self.max_epochs, self.metric, self.mode = total, max_epochs, metric, mode
         self.key_params = tuple(key_params)[:KEY_PARAMS]
         self.stop = stop  # msdn.study.interrupt.StopRequests: trials ending after a stop request were interrupted
+        self.ends = ends or TrialEnds(max_epochs, stop)  # each trial's final state, shared with the MLflow callback
         self.clock = clock
         self.snapshot = Snapshot(total=total, max_epochs=max_epochs)
         self._best_of: dict[str, float] = {}  # trial id -> its best value of the metric
@@ -321,6 +323,8 @@ class TrialCounter(Callback):
             if trial.trial_id not in self._best_of:
                 analysis = (getattr(trial, "metric_analysis", None) or {}).get(self.metric) or {}
                 self._note(trial, analysis.get(self.mode))
+            if trial.status in ("TERMINATED", "ERROR") and trial.trial_id not in self._ended:
+                self.ends.ended_earlier(trial.trial_id, _epochs(trial), errored=trial.status == "ERROR")
         # After a stop request Tune marks the trials it stopped TERMINATED: they were interrupted, not ended.
         stopping = self.stop is not None and self.stop.requested
         states = ((self._ended.get(t.trial_id) or ("PAUSED" if stopping and t.status == "TERMINATED" else t.status),
@@ -344,14 +348,11 @@ class TrialCounter(Callback):
         self._note(trial, result.get(self.metric))
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
-        epochs = _epochs(trial)
-        state = trial_state(epochs, self.max_epochs, errored=False)
-        if state != COMPLETED and self.stop is not None and self.stop.requested:
-            state = INTERRUPTED
-        self._trial_ended(trials, trial, state)
+        self._trial_ended(trials, trial, self.ends.decide(trial.trial_id, _epochs(trial), errored=False))
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
-        self._trial_ended(trials, trial, ERRORED, last_error_line(getattr(trial, "error_file", None)))
+        self._trial_ended(trials, trial, self.ends.decide(trial.trial_id, _epochs(trial), errored=True),
+                          last_error_line(getattr(trial, "error_file", None)), errored=True)
 
     def on_trial_recover(self, iteration: int, trials: list, trial, **info) -> None:
         error = last_error_line(getattr(trial, "error_file", None)) or "its worker failed"
@@ -361,8 +362,8 @@ class TrialCounter(Callback):
     def on_experiment_end(self, trials: list, **info) -> None:
         self._recount(trials)
 
-    def _trial_ended(self, trials: list, trial, state: str, error: str | None = None) -> None:
-        self._ended[trial.trial_id] = "ERROR" if state == ERRORED else "TERMINATED"
+    def _trial_ended(self, trials: list, trial, state: str, error: str | None = None, errored: bool = False) -> None:
+        self._ended[trial.trial_id] = "ERROR" if errored else "TERMINATED"  # Tune's status, as the snapshot counts
         self._recount(trials)
         value = self._best_of.get(trial.trial_id)
         best = self.snapshot.best

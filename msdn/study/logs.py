@@ -21,9 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ray.tune import CLIReporter
-
 from msdn.progress import Progress
+from msdn.study import ray_private
 from msdn.study.options import StudyOptions, experiment_path, is_uri
 
 LOG_NAME = "study.log"
@@ -62,7 +61,7 @@ class StudyLog:
         self._console: logging.Handler | None = None
         self._saved: dict[str, tuple[list[logging.Handler], bool, int]] = {}
         self._ray_printers: list[tuple[str, Any]] = []
-        self._dispatcher = None
+        self._capturing = False
 
     # -- the loggers ---------------------------------------------------------------------------
     def __enter__(self) -> "StudyLog":
@@ -164,24 +163,21 @@ class StudyLog:
             where = "on the head node, " if remote else ""
             logger.info("Ray's own logs (every Ray process and worker, stdout and stderr) are %sunder %s/logs",
                         where, session_dir)
-        try:
-            from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
-        except ImportError:  # another Ray version: the workers' lines stay in Ray's session logs only
-            return
-        self._dispatcher = dispatcher
-        dispatcher.remove_handler(OUR_PRINTER)
+        ray_private.remove_worker_output_handler(OUR_PRINTER)
+        if not ray_private.add_worker_output_handler(
+                OUR_PRINTER, lambda batch: _write_worker_lines(batch, None if self.verbose else alert)):
+            return  # another Ray version: the workers' lines stay in Ray's session logs only
+        self._capturing = True
         if not self.verbose:
-            self._ray_printers = [pair for pair in getattr(dispatcher, "handlers", []) if pair[0] == RAY_PRINTER]
-            dispatcher.remove_handler(RAY_PRINTER)
-        dispatcher.add_handler(OUR_PRINTER, lambda batch: _write_worker_lines(batch, None if self.verbose else alert))
+            self._ray_printers = ray_private.remove_worker_output_handler(RAY_PRINTER)
 
     def _restore_worker_output(self) -> None:
-        if self._dispatcher is None:
+        if not self._capturing:
             return
-        self._dispatcher.remove_handler(OUR_PRINTER)
+        ray_private.remove_worker_output_handler(OUR_PRINTER)
         for name, handler in self._ray_printers:
-            self._dispatcher.add_handler(name, handler)
-        self._dispatcher, self._ray_printers = None, []
+            ray_private.add_worker_output_handler(name, handler)
+        self._capturing, self._ray_printers = False, []
 
 
 def _write_worker_lines(batch: dict[str, Any], alert: Progress) -> None:
@@ -192,11 +188,10 @@ def _write_worker_lines(batch: dict[str, Any], alert: Progress) -> None:
     logger = logging.getLogger(WORKER_LOGGER)
     lines = batch.get("lines", [])
     if batch.get("pid") == "autoscaler":
-        try:
-            from ray._private.worker import filter_autoscaler_events
-        except ImportError:
+        events = ray_private.autoscaler_events(lines)
+        if events is None:
             return  # its status is in Ray's session logs (monitor.log) too
-        lines = list(filter_autoscaler_events(lines))
+        lines = list(events)
         for line in lines:
             if alert and ("Warning:" in line or "Error:" in line):
                 alert(f"Ray autoscaler: {line.strip()}")
@@ -206,7 +201,7 @@ def _write_worker_lines(batch: dict[str, Any], alert: Progress) -> None:
         logger.info("%s %s", prefix, line)
 
 
-class StatusTable(CLIReporter):
+class StatusTable(ray_private.ReporterWithOutput):
     """Tune's status table (a CLIReporter) written to the study's log file; with `verbose` printed as well.
 
     A module-level class with plain attributes: Tune pickles its reporter with the experiment.
@@ -216,7 +211,7 @@ class StatusTable(CLIReporter):
         super().__init__(*args, **kwargs)
         self.verbose = verbose
 
-    def _print(self, msg: str) -> None:
+    def write_table(self, msg: str) -> None:
         logging.getLogger(TUNE_STATUS_LOGGER).info("Tune's status at %s\n%s", time.strftime("%H:%M:%S"), msg)
         if self.verbose:
             print(msg, flush=True)

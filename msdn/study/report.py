@@ -1,17 +1,21 @@
 """What a study prints and the summary file it leaves: the header, the top-trials table, the end.
 
-Plain text for a person reading the terminal; `summary_dict` is the same content as JSON for the
-parent run's `study_summary.json`. The end holds the refits' table (`refit_lines`): test figures
-of the tuned and the authors' configuration over seeds, and their paired difference of H.
+Plain text for a person reading the terminal. The end is rendered from the study's outcome
+(`msdn.study.outcome.StudyOutcome`): `end_lines` for a completed study, `interrupted_lines`, `unlogged_lines`;
+`summary_dict` is the same content as JSON for the parent run's `study_summary.json`. The end holds the
+refits' table (`refit_lines`): test figures of the tuned and the authors' configuration over seeds, and
+their paired difference of H.
 """
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 from typing import Any, Sequence
 
 from msdn.study.options import StudyOptions, experiment_path
 from msdn.study.refit import repeat_command
-from msdn.study.results import BASELINE, REFIT_KEYS, TUNED, Refits, StudyResult, TrialSummary
+from msdn.study.outcome import StudyOutcome
+from msdn.study.results import BASELINE, REFIT_KEYS, TUNED, Refits, TrialSummary
 from msdn.study.stats import Interval
 from msdn.study.search_space import METRICS, SearchSpace
 
@@ -138,55 +142,61 @@ def _trial_dict(trial: TrialSummary | None) -> dict[str, Any]:
     return {**record, "metrics": _without_curves(trial.best)}
 
 
-def summary_dict(result: StudyResult) -> dict[str, Any]:
-    """The study as JSON-ready data: where it is, the best trial, the refit, every trial."""
+def summary_dict(outcome: StudyOutcome) -> dict[str, Any]:
+    """The study as JSON-ready data: how it ended, where it is, the best trial, the refits, every trial."""
     return {
-        "experiment_path": result.experiment_path, "parent_run_id": result.parent_run_id,
-        "best": _trial_dict(result.best),
-        "refit": result.refit.to_dict() if result.refit else {},
-        "refits": result.refits.to_dict() if result.refits else {},
-        "best_config": result.best_config_path,
-        "trials": [_trial_dict(t) for t in result.trials],
+        "experiment_path": outcome.experiment_path, "parent_run_id": outcome.parent_run_id,
+        "state": outcome.state, "trial_states": outcome.counts,
+        "best": _trial_dict(outcome.best), "best_run": outcome.best_run_name,
+        "chosen_settings": outcome.chosen_settings,
+        "refit": outcome.refit.to_dict() if outcome.refit else {},
+        "refits": outcome.refits.to_dict() if outcome.refits else {},
+        "best_config": outcome.best_config_path,
+        "log_file": outcome.log_file, "tracking_uri": outcome.tracking_uri, "optuna_journal": outcome.journal,
+        "trials": [_trial_dict(t) for t in outcome.trials],
     }
 
 
-def end_lines(result: StudyResult, opts: StudyOptions, space: SearchSpace) -> list[str]:
-    """The lines that close a finished study: trial counts, the best trial, the TEST line, where to look."""
-    counts: dict[str, int] = {}
-    for t in result.trials:
-        counts[t.state] = counts.get(t.state, 0) + 1
-    best = result.best
+def end_lines(outcome: StudyOutcome) -> list[str]:
+    """The lines that close a completed study: trial counts, the best trial, the TEST line, where to look."""
+    best = outcome.best
     b = best.best
     lines = [
-        f"\n{len(result.trials)} trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())),
-        f"best trial {best.trial_id} at epoch {best.best_epoch}: {space.metric}={b[space.metric]:.4f} "
+        f"\n{len(outcome.trials)} trials: " + ", ".join(f"{n} {s}" for s, n in sorted(outcome.counts.items())),
+        f"best trial {best.trial_id} at epoch {best.best_epoch}: {outcome.metric}={b[outcome.metric]:.4f} "
         f"(S={b['S']:.4f} U={b['U']:.4f} H={b['H']:.4f})\n"
         + "\n".join(_wrap("params " + " ".join(f"{k}={_fmt(v)}" for k, v in best.params.items()))),
     ]
-    lines.extend(grid_lines(b, opts.protocol))
-    if result.refits:
-        lines.extend(refit_lines(result.refits))
-    elif opts.protocol == "paper":
+    lines.extend(grid_lines(b, outcome.protocol))
+    if outcome.refits:
+        lines.extend(refit_lines(outcome.refits))
+    elif outcome.protocol == "paper":
         lines.append("paper protocol: the figures above are test-split figures selected on the test split (as published)")
-    lines.append(f"results: {result.experiment_path}")
-    if result.best_config_path:
-        lines.append(f"best configuration: {result.best_config_path}")
-        lines.extend(command_lines("  rerun it: ", repeat_command(result.best_config_path, opts.dataset, result.refit)))
-    if result.refit and result.refit.checkpoint:
-        lines.append(f"refit checkpoints: {result.refit.checkpoint.rsplit('/', 2)[0]}/<config>-seed<N>/checkpoint.pt")
-        lines.append(f"  evaluate one: python -m msdn.evaluate --checkpoint FILE --dataset {opts.dataset}")
-    from msdn.study.searcher import dashboard_command, journal_path  # Optuna and Ray: imported when a study ends
+    lines.append(f"results: {outcome.experiment_path}")
+    if outcome.best_config_path:
+        lines.append(f"best configuration: {outcome.best_config_path}")
+        lines.extend(command_lines("  rerun it: ", repeat_command(outcome.best_config_path, outcome.dataset,
+                                                                  outcome.refit)))
+    if outcome.refit and outcome.refit.checkpoint:
+        lines.append(f"refit checkpoints: {outcome.refit.checkpoint.rsplit('/', 2)[0]}/<config>-seed<N>/checkpoint.pt")
+        lines.append(f"  evaluate one: python -m msdn.evaluate --checkpoint FILE --dataset {outcome.dataset}")
+    from msdn.study.searcher import dashboard_command  # Optuna and Ray: imported when a study ends
 
-    journal = journal_path(result.experiment_path)
-    if journal is not None:
-        lines.append(f"Optuna:  {dashboard_command(journal)}")
-        lines.append(f"         (study {opts.experiment!r}; pip install optuna-dashboard)")
-    if result.tracking_uri.startswith(("http://", "https://")):
-        lines.append(f"MLflow:  open {result.tracking_uri} (experiment {opts.experiment!r})")
+    if outcome.journal is not None:
+        lines.append(f"Optuna:  {dashboard_command(Path(outcome.journal))}")
+        lines.append(f"         (study {outcome.experiment!r}; pip install optuna-dashboard)")
+    if outcome.tracking_uri.startswith(("http://", "https://")):
+        lines.append(f"MLflow:  open {outcome.tracking_uri} (experiment {outcome.experiment!r})")
     else:
-        lines.append(f"MLflow:  mlflow ui --backend-store-uri {result.tracking_uri}")
-        lines.append(f"         (experiment {opts.experiment!r})")
+        lines.append(f"MLflow:  mlflow ui --backend-store-uri {outcome.tracking_uri}")
+        lines.append(f"         (experiment {outcome.experiment!r})")
     return lines
+
+
+def interrupted_lines(outcome: StudyOutcome) -> list[str]:
+    """What the console says of an interrupted study."""
+    return [f"study interrupted ({outcome.stop_signal or 'KeyboardInterrupt'}): no test result reported; its MLflow "
+            f"runs are closed as KILLED.\n  Continue it with the same command plus --resume"]
 
 
 def grid_lines(best: dict[str, Any], protocol: str) -> list[str]:
@@ -255,15 +265,15 @@ def refit_lines(refits: Refits) -> list[str]:
     return lines
 
 
-def unlogged_lines(result: StudyResult, last_error: str | None) -> list[str]:
+def unlogged_lines(outcome: StudyOutcome) -> list[str]:
     """What the tracking store did not record, and where the results are all the same (Tune's storage)."""
     lines = []
-    if result.unlogged:
-        shown = "; ".join(result.unlogged[:5]) + (f"; ... ({len(result.unlogged) - 5} more)"
-                                                  if len(result.unlogged) > 5 else "")
-        lines.append(f"MLflow: the tracking store {result.tracking_uri} did not accept {len(result.unlogged)} item(s) "
-                     f"before the study ended (last error: {last_error or 'none'}): {shown}. Not logged; every "
-                     f"trial's results and checkpoints are in {result.experiment_path} (Tune's storage).")
-    for item in result.dropped:
+    if outcome.unlogged:
+        shown = "; ".join(outcome.unlogged[:5]) + (f"; ... ({len(outcome.unlogged) - 5} more)"
+                                                   if len(outcome.unlogged) > 5 else "")
+        lines.append(f"MLflow: the tracking store {outcome.tracking_uri} did not accept {len(outcome.unlogged)} "
+                     f"item(s) before the study ended (last error: {outcome.tracking_error or 'none'}): {shown}. Not "
+                     f"logged; every trial's results and checkpoints are in {outcome.experiment_path} (Tune's storage).")
+    for item in outcome.dropped:
         lines.append(f"MLflow refused (not retried): {item}")
     return lines

@@ -1,37 +1,80 @@
-"""What a study produced, as small dataclasses: one TrialSummary per trial, the refits, the study.
+"""What a study's trials and refits produced, as small dataclasses.
 
-Built on the driver from Tune's ResultGrid (`trial_summaries`, `best_trial`); each refit's
-`RefitResult` comes back from a Ray worker, and `Refits` holds them all with their statistics
-(`msdn.study.stats`). The rule that names a finished trial's state (`trial_state`) lives here only:
-the report and the MLflow callback both use it.
+Once `Tuner.fit` returns, Tune's ResultGrid becomes plain `TrialRecord`s (`trial_records`): all the study's
+end reads of Tune, and what the tests record (tests/data/study/). From them come one `TrialSummary` per
+trial (`trial_summaries`) and the best trial (`best_trial`); each refit's `RefitResult` comes back from a
+Ray worker, and `Refits` holds them all with their statistics (`msdn.study.stats`). The study's outcome
+(`msdn.study.outcome`) gathers these. The rule that names a trial's final state (`trial_state`) lives here
+only: the console, the MLflow callback and the outcome all use it, through one `TrialEnds` per study.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from msdn.study.stats import Interval, paired_difference, t_interval
 
 # One epoch's result as the trial reported it: metrics, calibration curve lists, Tune bookkeeping.
 EpochResult = dict[str, Any]
 
-# Trial states. The first three end a trial (`trial_state`); the others are MLflow tags of a trial
-# that is still under way or was cut off.
+# Trial states. A trial ends in one of the first five (`trial_state`); the last two are MLflow tags of a
+# trial still under way.
 COMPLETED = "completed"  # ran to the study's max epochs
 STOPPED_EARLY = "stopped_early"  # stopped by ASHA before max epochs
 ERRORED = "errored"
 NO_RESULT = "no result"  # ended without reporting the study metric once
+INTERRUPTED = "interrupted"  # cut short by a stop of the study: --resume continues it
 RUNNING = "running"
 RETRYING = "retrying"
-INTERRUPTED = "interrupted"
 
 
-def trial_state(epochs: int, max_epochs: int, errored: bool) -> str:
-    """The state of a trial that ended after `epochs` epochs: errored, completed or stopped early."""
+def trial_state(epochs: int, max_epochs: int, errored: bool, stopping: bool = False) -> str:
+    """The final state of a trial that ended after `epochs` epochs: the one rule of the console, MLflow and outcome.
+
+    `stopping`: a stop of the study (Ctrl+C, SIGTERM) had been asked for when the trial ended. A trial cut
+    short then is interrupted, also when it errored meanwhile: `--resume` continues it (errored trials
+    included: Tune restores them with `resume_errored`), so neither its epochs nor its error are final.
+    """
+    if stopping and (errored or epochs < max_epochs):
+        return INTERRUPTED
     if errored:
         return ERRORED
+    if epochs <= 0:
+        return NO_RESULT
     return COMPLETED if epochs >= max_epochs else STOPPED_EARLY
+
+
+class TrialEnds:
+    """Each trial's final state, decided once (`trial_state`) when Tune first tells a callback that it ended.
+
+    The MLflow callback and the console's counter share one, so that a stop asked for between their two
+    hooks cannot give a trial two states; the counter also reports the trials a resumed study restored as
+    ended (`ended_earlier`). The outcome reads `states`: a trial not in it had not ended when Tune returned.
+    `stop` is the study's msdn.study.interrupt.StopRequests (None: no stop can be asked for).
+    """
+
+    def __init__(self, max_epochs: int, stop=None) -> None:
+        self.max_epochs = max_epochs
+        self.stop = stop
+        self.states: dict[str, str] = {}  # trial id -> its final state
+
+    @property
+    def stopping(self) -> bool:
+        return self.stop is not None and self.stop.requested
+
+    def decide(self, trial_id: str, epochs: int, errored: bool) -> str:
+        """The state of a trial Tune says has ended (after `epochs` epochs, with an error or not)."""
+        if trial_id not in self.states:
+            self.states[trial_id] = trial_state(epochs, self.max_epochs, errored, self.stopping)
+        return self.states[trial_id]
+
+    def ended_earlier(self, trial_id: str, epochs: int, errored: bool) -> None:
+        """A trial Tune holds as ended though no callback heard it end in this run: a resumed study's trial that
+        ended in an earlier run, before any stop (one cut short then is restored unfinished, and continued).
+        Ignored once a stop is asked for: Tune then marks the trials it cuts short as ended too."""
+        if not self.stopping:
+            self.decide(trial_id, epochs, errored)
 
 
 @dataclass(frozen=True)
@@ -144,29 +187,6 @@ class Refits:
         return record
 
 
-@dataclass
-class StudyResult:
-    """A study's outcome: where it is stored and tracked, its trials, its best trial and refit."""
-
-    experiment_path: str
-    tracking_uri: str
-    experiment_id: str
-    parent_run_id: str
-    trials: list[TrialSummary] = field(default_factory=list)
-    best: TrialSummary | None = None
-    refits: Refits | None = None
-    best_config_path: str | None = None  # the exported best_config.yaml (a path or URI)
-    interrupted: bool = False
-    errors: list[str] = field(default_factory=list)
-    unlogged: list[str] = field(default_factory=list)  # MLflow operations the store never accepted
-    dropped: list[str] = field(default_factory=list)  # MLflow operations the store refused for good
-
-    @property
-    def refit(self) -> RefitResult | None:
-        """The tuned refit with the first seed: the model best_config.yaml reproduces."""
-        return self.refits.tuned[0] if self.refits and self.refits.tuned else None
-
-
 # TrainConfig field -> the result key of the value the settings grid chose for it (msdn.metrics.GRID_KEYS).
 CHOSEN_SETTINGS = {"alpha": "grid_alpha", "gamma": "grid_gamma"}
 
@@ -177,6 +197,35 @@ def chosen_settings(best: EpochResult) -> dict[str, float]:
     return {k: float(v) for k, v in chosen.items() if isinstance(v, (int, float)) and math.isfinite(v)}
 
 
+@dataclass(frozen=True)
+class TrialRecord:
+    """One trial as Tune's results hold it when `Tuner.fit` returns: all the study's end reads of Tune.
+
+    `results`: its epochs' results (Tune's result dicts, flattened as in `Result.metrics_dataframe`), one per
+    epoch, in order; `experiment_tag`: Tune's tag of the trial (`7_lr=0.0003,...`: its number names its
+    MLflow run), None when it never reported.
+    """
+
+    trial_id: str
+    config: dict[str, Any]
+    results: list[EpochResult] = field(default_factory=list)
+    error: str | None = None
+    experiment_tag: str | None = None
+
+    @property
+    def epochs(self) -> int:
+        """Epochs trained (the last result's training_iteration); 0 without a result."""
+        return max((int(r["training_iteration"]) for r in self.results), default=0)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"trial_id": self.trial_id, "config": self.config, "results": self.results, "error": self.error,
+                "experiment_tag": self.experiment_tag}
+
+    @classmethod
+    def from_json(cls, record: dict[str, Any]) -> "TrialRecord":
+        return cls(**record)
+
+
 def epoch_rows(df):
     """A trial's results dataframe with one row per epoch: the first reported (a trial resumed from a
     checkpoint newer than Tune's record reports the epochs Tune may lack again; see trainable.train_msdn)."""
@@ -185,23 +234,43 @@ def epoch_rows(df):
     return df.drop_duplicates("training_iteration", keep="first")
 
 
-def trial_summaries(results: Iterable, metric: str, mode: str, max_epochs: int) -> list[TrialSummary]:
-    """One TrialSummary per Tune `Result` (a ResultGrid iterates over them), in the grid's order."""
-    summaries = []
+def trial_records(results: Iterable) -> list[TrialRecord]:
+    """One TrialRecord per Tune `Result` (a ResultGrid iterates over them, one per trial of the experiment,
+    started or not), in the grid's order."""
+    records = []
     for result in results:
-        trial_id = (result.metrics or {}).get("trial_id", "")
-        params = dict(result.config or {})
-        error = str(result.error) if result.error else None
+        metrics = result.metrics or {}
         df = epoch_rows(result.metrics_dataframe)
-        if df is None or df.empty or metric not in df:
-            summaries.append(TrialSummary(trial_id, ERRORED if error else NO_RESULT, 0, params, error=error))
+        rows = [] if df is None or df.empty or "training_iteration" not in df else df.to_dict("records")
+        tag = metrics.get("experiment_tag")  # one of Tune's auto-filled result fields
+        records.append(TrialRecord(str(metrics.get("trial_id", "")), dict(result.config or {}), rows,
+                                   str(result.error) if result.error else None, str(tag) if tag else None))
+    return records
+
+
+def trial_summaries(records: Iterable[TrialRecord], metric: str, mode: str, max_epochs: int,
+                    ended: Mapping[str, str] | None = None, stopping: bool = False) -> list[TrialSummary]:
+    """One TrialSummary per trial, in the records' order.
+
+    A trial's state is the one `ended` (`TrialEnds.states`) gave it when it ended in this run; else
+    `trial_state` of its record, `stopping` saying whether the study was being stopped (a trial that had not
+    ended by then was cut short).
+    """
+    ended = ended or {}
+    summaries = []
+    for record in records:
+        params, error = dict(record.config), record.error
+        rows = [r for r in record.results if metric in r]
+        scored = [r for r in rows if isinstance(r[metric], (int, float)) and math.isfinite(r[metric])]
+        epochs = record.epochs if rows else 0
+        state = ended.get(record.trial_id) or trial_state(epochs, max_epochs, error is not None, stopping)
+        if not scored:
+            summaries.append(TrialSummary(record.trial_id, state, epochs, params, error=error))
             continue
-        index = df[metric].idxmax() if mode == "max" else df[metric].idxmin()
-        best = df.loc[index].to_dict()
-        epochs = int(df["training_iteration"].max())
+        best = (max if mode == "max" else min)(scored, key=lambda r: r[metric])  # the first of equals
         params.update(chosen_settings(best))
-        summaries.append(TrialSummary(trial_id, trial_state(epochs, max_epochs, error is not None), epochs, params,
-                                      best=best, best_epoch=int(best["training_iteration"]), error=error))
+        summaries.append(TrialSummary(record.trial_id, state, epochs, params, best=dict(best),
+                                      best_epoch=int(best["training_iteration"]), error=error))
     return summaries
 
 

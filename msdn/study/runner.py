@@ -1,40 +1,35 @@
 """The study: Optuna proposes, ASHA stops, Ray runs the trials, MLflow records, the best is refit.
 
-`run_study(StudyOptions(...))` is the whole product's main path; `tune/run.py` only parses flags.
+`run_study(StudyRequest(...))` is the whole product's main path; `tune/run.py` only parses flags.
 Order of work: validate every input (`options`) -> prepare the feature cache -> start or join Ray
-and check every node (`cluster`) -> MLflow parent run (`tracking.parent`) -> `Tuner.fit` (or
-`Tuner.restore`) -> top-trials table (`report`) -> best_config.yaml -> refits on trainval, N seeds of
-the tuned and the authors' configuration, each tested once (`refit`, validation protocol) -> the
-refits' table, plots and summary on the parent run. While the trials run, the console shows their
-progress (`console`); Ray, Tune, MLflow and Optuna log to the study's log file (`logs`).
+and check every node (`cluster`) -> MLflow parent run (`tracking.parent.ParentRun`) -> `Tuner.fit` (or
+`Tuner.restore`) -> then `conclude`: top-trials table (`report`) -> best_config.yaml -> refits on
+trainval, N seeds of the tuned and the authors' configuration, each tested once (`refit`, validation
+protocol) -> the refits' table, plots and summary on the parent run; the study's `outcome` rendered on
+the console, in the parent run's description and in study_summary.json. While the trials run, the
+console shows their progress (`console`); Ray, Tune, MLflow and Optuna log to the study's log file (`logs`).
 """
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from msdn.config import default_config
 from msdn.progress import Progress
-from msdn.study import tracking
+from msdn.study import ray_private, tracking
 from msdn.study.checkpoints import fill_deleted_checkpoint_folders
-from msdn.study.cluster import check_cluster_storage_and_data, connect_ray, default_concurrency, trial_resources
+from msdn.study.cluster import (check_cluster_storage_and_data, cluster_tags, connect_ray, default_concurrency,
+                                trial_resources)
+from msdn.study.conclude import StudyEnd, base_config, conclude
 from msdn.study.console import TrialCounter, is_terminal, study_display
 from msdn.study.interrupt import StopRequests, forward_stop_callback
-from msdn.study.logs import LOG_NAME, StatusTable, StudyLog, log_path
-from msdn.study.options import StudyFailed, StudyOptions, experiment_path, is_uri, resolve_options
-from msdn.study.plots import importance_plot, refit_plot, study_plots
-from msdn.study.refit import RefitStore, refit_plan, run_refits, tuned_config, write_best_config
-from msdn.study.report import (WIDTH, end_lines, format_table, start_lines, study_header, summary_dict, unlogged_lines,
-                               wrap_lines)
-from msdn.study.results import StudyResult, best_trial, trial_summaries
+from msdn.study.logs import StatusTable, StudyLog, log_path
+from msdn.study.options import StudyOptions, StudyRequest, experiment_path, resolve_options
+from msdn.study.outcome import StudyOutcome
+from msdn.study.report import start_lines, study_header
+from msdn.study.results import TrialEnds, TrialRecord, trial_records
 from msdn.study.search_space import SearchSpace
-from msdn.study.searcher import (MIN_TRIALS_FOR_IMPORTANCE, StudySearcher, check_journal, journal_path,
-                                  load_optuna_study, param_importances)
-from msdn.study.tracking import parent
-from msdn.study.tracking.writer import TrackingWriter
+from msdn.study.searcher import StudySearcher, check_journal, journal_path
+from msdn.study.tracking.parent import ParentRun, trial_tags
 from msdn.study.trainable import DataSpec, train_msdn
 
 # Columns of Tune's progress table while trials run: result key -> header.
@@ -73,8 +68,8 @@ def build_tuner(opts: StudyOptions, space: SearchSpace, resources: dict[str, flo
             check_journal(journal, resume=True)  # before Tune sets the restored searcher up (it would make one)
         fill_deleted_checkpoint_folders(experiment_path(opts))  # Tune's record may name them (study.checkpoints)
         tuner = tune.Tuner.restore(experiment_path(opts), trainable, resume_unfinished=True, resume_errored=True)
-        if tuner._local_tuner is not None:  # Tune restores the pickled callbacks; this run's are live ones
-            run_config = tuner._local_tuner.get_run_config()
+        run_config = ray_private.restored_run_config(tuner)
+        if run_config is not None:  # Tune restores the pickled callbacks; this run's are live ones
             run_config.callbacks, run_config.progress_reporter = callbacks, status_table(opts, space)
         return tuner
     # The Optuna study in a journal next to Tune's results, named after the experiment (optuna-dashboard opens it).
@@ -108,29 +103,29 @@ def status_table(opts: StudyOptions, space: SearchSpace) -> StatusTable:
                        max_report_frequency=20, sort_by_metric=True, verbose=opts.verbose)
 
 
-def run_study(opts: StudyOptions, *, progress: Progress = print) -> StudyResult:
+def run_study(request: StudyRequest, *, progress: Progress = print) -> StudyOutcome:
     """Run (or resume) a study end to end; see the module docstring for the order of work.
 
-    Ctrl+C / SIGTERM make it return an interrupted result (exit 130 in tune/run.py): no refit, runs
+    Ctrl+C / SIGTERM make it return an interrupted outcome (exit 130 in tune/run.py): no refit, runs
     closed as KILLED. A KeyboardInterrupt escapes only when the stop came before anything was stored.
     The console shows the study's own lines; Ray, Tune, MLflow and Optuna log to the study's log file
-    (`msdn.study.logs`), and with opts.verbose to the console too.
+    (`msdn.study.logs`), and with request.verbose to the console too.
     """
-    live = progress is print and not opts.verbose and is_terminal()  # the live display needs a real terminal
-    with StudyLog(opts.verbose) as log:
+    live = progress is print and not request.verbose and is_terminal()  # the live display needs a real terminal
+    with StudyLog(request.verbose) as log:
         progress = log.echo(progress)
         stop = StopRequests(progress).install()
         try:
-            return _run(opts, stop, progress, log, live)
+            return _run(request, stop, progress, log, live)
         finally:
             stop.uninstall()
 
 
-def _run(opts: StudyOptions, stop: StopRequests, progress: Progress, log: StudyLog, live: bool) -> StudyResult:
+def _run(request: StudyRequest, stop: StopRequests, progress: Progress, log: StudyLog, live: bool) -> StudyOutcome:
     from msdn.data import load_benchmark
 
     show = progress or (lambda _message: None)
-    opts, space = resolve_options(opts)
+    opts, space = resolve_options(request)
     log.open(log_path(opts))
     for line in study_header(opts, space, str(log.path)):
         show(line)
@@ -143,127 +138,22 @@ def _run(opts: StudyOptions, stop: StopRequests, progress: Progress, log: StudyL
     stop.install()  # again: ray.init replaced the SIGTERM handler with one that exits at once
     check_cluster_storage_and_data(opts, progress)
     resources = trial_resources(opts)
-    experiment_id, parent_run_id = parent.open_parent_run(opts, space)
+    parent = ParentRun.open(opts, space, cluster=cluster_tags(), progress=progress)
     concurrency = opts.max_concurrent or default_concurrency(resources)
-    for line in start_lines(opts, resources, concurrency, experiment_id, parent_run_id):
+    for line in start_lines(opts, resources, concurrency, parent.experiment_id, parent.run_id):
         show(line)
 
-    result = StudyResult(experiment_path(opts), opts.mlflow_uri, experiment_id, parent_run_id)
-    writer = TrackingWriter(opts.mlflow_uri, progress=progress)
-    files = Path(tempfile.mkdtemp(prefix="msdn-study-"))  # plots and summary, kept until the writer has logged them
-    base = default_config(opts.dataset, **space.fixed).replace(
-        protocol=opts.protocol, data_root=opts.data_root, epochs=opts.max_epochs, device=opts.device,
-    ).to_dict()
-    callback = tracking.MLflowStudyCallback(writer, experiment_id, parent_run_id, opts.max_epochs,
-                                            tags=parent.trial_tags(opts), stop=stop)
-    try:
+    ends = TrialEnds(opts.max_epochs, stop)  # each trial's final state, one rule for the console and MLflow
+    callback = tracking.MLflowStudyCallback(parent.writer, parent.experiment_id, parent.run_id, opts.max_epochs,
+                                            tags=trial_tags(opts), ends=ends)
+
+    def fit() -> list[TrialRecord]:
         counter = TrialCounter(study_display(progress, space.metric, live=live, verbose=opts.verbose),
                                total=opts.num_samples, max_epochs=opts.max_epochs, metric=space.metric,
-                               mode=space.mode, key_params=space.param_names, stop=stop)
-        tuner = build_tuner(opts, space, resources, [callback, forward_stop_callback(stop), counter], base)
+                               mode=space.mode, key_params=space.param_names, stop=stop, ends=ends)
+        tuner = build_tuner(opts, space, resources, [callback, forward_stop_callback(stop), counter],
+                            base_config(opts, space))
         with stop.tuning(), counter:
-            grid = tuner.fit()
-        result.trials = trial_summaries(grid, space.metric, space.mode, opts.max_epochs)
-        result.errors = [t.error for t in result.trials if t.error]
-        if stop.requested:
-            raise KeyboardInterrupt(stop.signal_name)
-        callback.reconcile(grid)
-        callback.close_open_runs("KILLED")
-        _finish(opts, space, base, resources, result, writer, files, progress)
-    except KeyboardInterrupt:
-        result.interrupted = True
-        callback.close_open_runs("KILLED")
-        parent.end_parent_run(writer, parent_run_id, "KILLED", study_state="interrupted")
-        show(f"study interrupted ({stop.signal_name or 'KeyboardInterrupt'}): no test result reported; its MLflow "
-             f"runs are closed as KILLED.\n  Continue it with the same command plus --resume")
-    except BaseException as exc:
-        # Never leave runs RUNNING; a study that failed before any trial ran leaves nothing that blocks a retry.
-        callback.close_open_runs("FAILED")
-        parent.end_parent_run(writer, parent_run_id, "FAILED", study_state="failed")
-        if not opts.resume and remove_unstarted_experiment(opts):
-            show(f"the study failed before any trial ran ({type(exc).__name__}); removed Tune's files from "
-                 f"{experiment_path(opts)} (its log stays), so the same command can run again")
-        raise
-    finally:
-        parent.log_description(writer, result, opts, space)  # the parent run's summary, however the study ended
-        result.unlogged = writer.close(opts.tracking_timeout)
-        result.dropped = list(writer.dropped)
-        shutil.rmtree(files, ignore_errors=True)
-        for line in unlogged_lines(result, writer.last_error):
-            show(line)
-    return result
+            return trial_records(tuner.fit())
 
-
-def _finish(opts: StudyOptions, space: SearchSpace, base: dict[str, Any], resources: dict[str, float],
-            result: StudyResult, writer: TrackingWriter, files: Path, progress: Progress) -> None:
-    """After the trials: the table, the best trial, best_config.yaml, the refits (validation protocol), plots and
-    summary."""
-    show = progress or (lambda _message: None)
-    best = best_trial(result.trials, space.metric, space.mode)
-    show("\ntop trials (best epoch of each, accuracies in %):\n" + format_table(result.trials, space, width=WIDTH))
-    if best is None:
-        first = result.errors[0] if result.errors else "no trial reported a result"
-        raise StudyFailed(f"every trial failed; the first error:\n{first}")
-    result.best = best
-    parent.log_best(writer, result.parent_run_id, best)
-    plots = study_plots(files, result.trials, best, metric=space.metric, mode=space.mode, dataset=opts.dataset,
-                        experiment=opts.experiment, protocol=opts.protocol)
-    plots.extend(_importances(opts, space, result, writer, files, show))
-    specs = refit_plan(opts, base, space.fixed, best) if opts.refit and opts.protocol == "val" else []
-    checkpoints = {}
-    if specs:
-        store, tags = RefitStore.of(opts), parent.trial_tags(opts)
-        result.refits = run_refits(opts, specs, resources, store, progress=progress, on_result=lambda refit: (
-            parent.log_refit_run(writer, result.experiment_id, result.parent_run_id, refit, tags)))
-        parent.log_refits(writer, result.parent_run_id, result.refits)
-        checkpoints = {r.name: store.local_checkpoint(r, files) for r in result.refits.tuned + result.refits.baseline}
-        plots.append(refit_plot(files, result.refit, opts.dataset))
-    exported = specs[0].train_config if specs else tuned_config(base, best, int(best.best.get("trial_seed", opts.seed)))
-    result.best_config_path, best_config = write_best_config(opts, exported, files, result.refit)
-    parent.log_refit_files(writer, result.parent_run_id, best_config, checkpoints)
-    parent.log_files(writer, result.parent_run_id, plots, summary_dict(result), files)
-    parent.end_parent_run(writer, result.parent_run_id, "FINISHED", study_state="completed")
-    for line in end_lines(result, opts, space):
-        show(line)
-
-
-def _importances(opts: StudyOptions, space: SearchSpace, result: StudyResult, writer: TrackingWriter, files: Path,
-                 show: Callable[[str], None]) -> list[Path]:
-    """The searched parameters' importances in the persisted Optuna study: `importance.<param>` metrics and a bar
-    plot for the parent run (none when too few trials completed); their plot is returned."""
-    journal = journal_path(result.experiment_path)
-    study = load_optuna_study(journal, opts.experiment) if journal is not None else None
-    try:
-        importances = param_importances(study, seed=space.sampler_seed) if study is not None else None
-    except Exception as exc:  # a diagnostic: its failure must not fail a finished study
-        show(f"parameter importances: not computed ({type(exc).__name__}: {exc})")
-        return []
-    if importances is None:
-        show(f"parameter importances: not computed (they need {MIN_TRIALS_FOR_IMPORTANCE} or more COMPLETE trials "
-             f"in the Optuna study{'' if journal is not None else ', kept on disk only under a local --storage-path'})")
-        return []
-    parent.log_importances(writer, result.parent_run_id, importances)
-    show("\n".join(wrap_lines("parameter importances (fANOVA, COMPLETE trials): "
-                              + ", ".join(f"{name} {value:.2f}" for name, value in importances.items()))))
-    return [importance_plot(files, importances, opts.experiment)]
-
-
-def remove_unstarted_experiment(opts: StudyOptions) -> bool:
-    """Remove this run's experiment folder when no trial was started in it; True when removed.
-
-    A study that fails at start (a crash while Tune sets up) would otherwise leave a `tuner.pkl` that
-    makes the next attempt "already exist". A folder with any trial folder in it is kept (it may hold
-    checkpoints worth resuming). The study's log file stays (it tells why), and with it the folder.
-    Only local folders are removed from; object storage is left alone.
-    """
-    path = Path(experiment_path(opts))
-    if is_uri(opts.storage_path) or not path.is_dir():
-        return False
-    if any(entry.is_dir() for entry in path.iterdir()):
-        return False
-    for entry in path.iterdir():
-        if entry.name != LOG_NAME:
-            entry.unlink(missing_ok=True)
-    if not any(path.iterdir()):
-        path.rmdir()
-    return True
+    return conclude(StudyEnd(opts, space, parent, callback, ends, resources, progress, str(log.path)), fit)

@@ -30,6 +30,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
+from msdn.study import ray_private
 from msdn.study.options import StudyError
 
 logger = logging.getLogger(__name__)
@@ -81,26 +82,31 @@ class StudySearcher(OptunaSearch):
             kwargs["storage"] = journal_storage(journal, resume=resume)
         super().__init__(**kwargs)
 
-    def _setup_study(self, mode: str | None) -> None:
-        super()._setup_study(mode)
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
+        """Tune hands over the search space and creates the Optuna study here; then the starting points go in."""
+        if not super().set_search_properties(metric, mode, config, **spec):
+            return False
+        study = ray_private.optuna_study(self)
         # Tune sets up a resumed searcher again before restoring its state: a journal study that has trials
         # already holds the starting points, and enqueuing them again would run them twice.
-        if not self._ot_study.get_trials(deepcopy=False):
+        if not study.get_trials(deepcopy=False):
             for point in self._starting_points:
-                self._ot_study.enqueue_trial(point)
+                study.enqueue_trial(point)
         self._starting_points = []  # enqueued once: the Optuna study (saved with the searcher) keeps them
+        return True
 
     # -- what Tune tells the searcher --------------------------------------------------------------------
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        ot_trial = self._ot_trials.get(trial_id)
+        ot_trial = ray_private.optuna_trials(self).get(trial_id)
         if ot_trial is not None:
             self._report(ot_trial, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        ot_trial = self._ot_trials.get(trial_id)
-        if ot_trial is None or trial_id in self._completed_trials:
+        ot_trial = ray_private.optuna_trials(self).get(trial_id)
+        completed = ray_private.completed_trial_ids(self)
+        if ot_trial is None or trial_id in completed:
             return
-        self._completed_trials.add(trial_id)
+        completed.add(trial_id)
         if self._frozen(ot_trial).state.is_finished():
             return  # told before the study was interrupted; its state stands
         if result:
@@ -113,17 +119,17 @@ class StudySearcher(OptunaSearch):
         elif getattr(self, "_max_epochs", None) is not None and epochs < self._max_epochs:
             state, value = TrialState.PRUNED, None  # Optuna records its last intermediate value
         else:
-            state, value = TrialState.COMPLETE, (max(finite) if self._mode == "max" else min(finite))
+            state, value = TrialState.COMPLETE, (max(finite) if self.mode == "max" else min(finite))
         # Right for TPE (Optuna 5, _split_trials): PRUNED trials rank below every COMPLETE one, deeper epochs
         # first, so a stopped trial counts as "worse than finished ones, better the further it got".
         try:
-            self._ot_study.tell(ot_trial, value, state=state)
+            ray_private.optuna_study(self).tell(ot_trial, value, state=state)
         except Exception as exc:  # a trial another process finished; keep the study going
             logger.warning("Optuna refused to finish trial %s as %s: %s", ot_trial.number, state.name, exc)
 
     def _report(self, ot_trial, result: dict) -> None:
         """Report the result's metric as the intermediate value of its epoch, once (resumed epochs repeat)."""
-        value, step = result.get(self._metric), result.get("training_iteration")
+        value, step = result.get(self.metric), result.get("training_iteration")
         if not isinstance(value, (int, float)) or step is None:
             return
         frozen = self._frozen(ot_trial)
@@ -133,16 +139,17 @@ class StudySearcher(OptunaSearch):
 
     def _frozen(self, ot_trial):
         """The trial as the storage holds it now (the journal may be ahead of a restored searcher)."""
-        return self._ot_study._storage.get_trial(ot_trial._trial_id)
+        return ray_private.optuna_study(self)._storage.get_trial(ot_trial._trial_id)  # Optuna's own private API
 
     # -- resume ------------------------------------------------------------------------------------------
     def restore(self, checkpoint_path: str) -> None:
         """Tune's saved searcher state, then the journal: trials asked for after that state was saved (the
         study was killed before Tune could record them) stay RUNNING in the journal, and are marked FAIL."""
         super().restore(checkpoint_path)
-        known = {ot_trial._trial_id for ot_trial in self._ot_trials.values()}
-        storage = self._ot_study._storage
-        for frozen in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        known = {ot_trial._trial_id for ot_trial in ray_private.optuna_trials(self).values()}
+        study = ray_private.optuna_study(self)
+        storage = study._storage
+        for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if frozen._trial_id not in known:
                 storage.set_trial_state_values(frozen._trial_id, TrialState.FAIL)
 

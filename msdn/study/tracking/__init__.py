@@ -2,7 +2,8 @@
 
     store.py     the tracking URI check, the client, batched logging helpers, the tags
     callback.py  MLflowStudyCallback: the Tune callback that logs each trial into its child run
-    parent.py    the study's parent run: settings, best trial, refit, plots, summary and its description
+    parent.py    ParentRun, the study's parent run (its ids and writer): settings, best trial, refits, plots,
+                 summary, and its description rendered from the study's outcome
     names.py     run names that read at a glance (`t07 lr=3.1e-4 λdis=2.0e-3 λcal=0.12`, `refit tuned seed=3`)
     writer.py    TrackingWriter: the queue and thread that does all the logging, retrying through outages
 

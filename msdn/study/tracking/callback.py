@@ -3,7 +3,8 @@
 It runs on the Ray driver, so trials never talk to MLflow and worker nodes need no route to the
 tracking server. A child run carries the trial's parameters, its per-epoch metrics as steps and its
 state as the tag `trial_state` (`running`, `retrying`, then `completed`, `stopped_early` by ASHA,
-`errored`, or `interrupted`). Its name reads at a glance: Tune's trial number and the searched values
+`errored`, or `interrupted`: `results.trial_state`, decided once per trial by the study's `TrialEnds`, which
+the console shares). Its name reads at a glance: Tune's trial number and the searched values
 that matter (`t07 lr=3.1e-4 λdis=2.0e-3 λcal=0.12`, `names.trial_run_name`). Children are found again
 by their `trial_id` tag, so a resumed study continues each trial's own run under its first name, and
 epochs re-sent after a resume are not logged twice.
@@ -12,11 +13,11 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Mapping
 
 from ray.tune import Callback
 
-from msdn.study.results import ERRORED, INTERRUPTED, RETRYING, RUNNING, epoch_rows, trial_state
+from msdn.study.results import INTERRUPTED, RETRYING, RUNNING, TrialEnds, TrialRecord, trial_state
 from msdn.study.tracking.names import trial_run_name_of
 from msdn.study.tracking.store import PARENT_TAG, TRIAL_ID_TAG, TRIAL_STATE_TAG, log_metrics
 
@@ -48,13 +49,15 @@ class MLflowStudyCallback(Callback):
     """
 
     def __init__(self, writer, experiment_id: str, parent_run_id: str, max_epochs: int,
-                 tags: dict[str, str] | None = None, stop=None) -> None:
+                 tags: dict[str, str] | None = None, stop=None, ends: TrialEnds | None = None) -> None:
         self.writer = writer
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.max_epochs = max_epochs
         self.tags = dict(tags or {})
-        self.stop = stop  # msdn.study.interrupt.StopRequests: trials ending after a stop request were interrupted
+        # Each trial's final state, shared with the console; `stop` (msdn.study.interrupt.StopRequests) tells it
+        # which trials a stop request cut short.
+        self.ends = ends or TrialEnds(max_epochs, stop)
         self._loaded = False
         self._runs: dict[str, str] = {}  # trial id -> run id
         self._last_step: dict[str, int] = {}  # run id -> last logged epoch (resumed runs skip repeats)
@@ -145,51 +148,45 @@ class MLflowStudyCallback(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         epochs = int((trial.last_result or {}).get("training_iteration", 0))
-        interrupted = self.stop is not None and self.stop.requested and epochs < self.max_epochs
-        state = INTERRUPTED if interrupted else trial_state(epochs, self.max_epochs, errored=False)
+        state = self.ends.decide(trial.trial_id, epochs, errored=False)
 
         def work(c, run_id: str) -> None:
             c.set_tag(run_id, TRIAL_STATE_TAG, state)
             c.set_tag(run_id, "epochs_trained", str(epochs))
-            c.set_terminated(run_id, status="KILLED" if interrupted else "FINISHED")
+            c.set_terminated(run_id, status="KILLED" if state == INTERRUPTED else "FINISHED")
 
         self._queue("end", trial, work)
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
         error = _error_text(trial, 4000)
         error_file = getattr(trial, "error_file", None)
-        interrupted = self.stop is not None and self.stop.requested
+        state = self.ends.decide(trial.trial_id, int((trial.last_result or {}).get("training_iteration", 0)),
+                                 errored=True)
 
         def work(c, run_id: str) -> None:
-            c.set_tag(run_id, TRIAL_STATE_TAG, INTERRUPTED if interrupted else ERRORED)
+            c.set_tag(run_id, TRIAL_STATE_TAG, state)
             if error:
                 c.set_tag(run_id, "error", error)
                 c.log_artifact(run_id, error_file)
-            c.set_terminated(run_id, status="KILLED" if interrupted else "FAILED")
+            c.set_terminated(run_id, status="KILLED" if state == INTERRUPTED else "FAILED")
 
         self._queue("error", trial, work)
 
-    def reconcile(self, grid) -> None:
+    def reconcile(self, records: Iterable[TrialRecord]) -> None:
         """Queue: make MLflow agree with Tune's record of the finished study (after a hard kill and resume).
 
         A driver killed hard loses what its writer had not sent yet, and Tune's last snapshot may be
-        older or newer than MLflow. So, from Tune's results: log each trial's missing epochs, end the
-        run of every trial Tune counts as finished (FINISHED, or FAILED when it errored), and delete runs
-        of trials that the restored study does not know (started after Tune's last snapshot; their
-        configurations run again as new trials).
+        older or newer than MLflow. So, from Tune's records of every trial (`results.trial_records`): log each
+        trial's missing epochs, end the run of every trial Tune counts as finished (FINISHED, or FAILED when it
+        errored), and delete runs of trials that the restored study does not know (started after Tune's last
+        snapshot; their configurations run again as new trials).
         """
-        finished = []
-        for result in grid:
-            trial_id = (result.metrics or {}).get("trial_id")
-            df = epoch_rows(result.metrics_dataframe)
-            if not trial_id or df is None or df.empty or "training_iteration" not in df:
-                continue
-            rows = [(int(row["training_iteration"]), scalar_metrics(row)) for row in df.to_dict("records")]
-            finished.append((trial_id, rows, result.error is not None))
-        try:  # every trial of the restored study, reported or not (the ResultGrid keeps them privately)
-            known: set[str] | None = {t.trial_id for t in grid._experiment_analysis.trials}
-        except AttributeError:
-            known = None  # then no run is deleted
+        finished, known = [], set()
+        for record in records:
+            known.add(record.trial_id)
+            if record.trial_id and record.results:
+                rows = [(int(row["training_iteration"]), scalar_metrics(row)) for row in record.results]
+                finished.append((record.trial_id, rows, record.error is not None))
 
         def run(c) -> None:
             if not self._loaded:
@@ -209,19 +206,23 @@ class MLflowStudyCallback(Callback):
                     c.set_tag(run_id, "epochs_trained", str(epochs))
                     c.set_terminated(run_id, status="FAILED" if errored else "FINISHED")
             for trial_id, run_id in list(self._runs.items()):
-                if known is not None and trial_id not in known:
+                if trial_id not in known:
                     c.delete_run(run_id)  # a trial the restored study never ran: not one of its trials
                     del self._runs[trial_id]
 
         self.writer.submit("reconciling the trials' runs with Tune's results", run)
 
-    def close_open_runs(self, status: str = "KILLED") -> None:
-        """Queue: terminate child runs still RUNNING (trials that never finished), tagged interrupted."""
+    def close_open_runs(self, status: str = "KILLED", states: Mapping[str, str] | None = None) -> None:
+        """Queue: terminate child runs still RUNNING (trials that never ended), each tagged with its state in
+        `states` (trial id -> state: the study's outcome), else interrupted."""
+        states = dict(states or {})
+
         def run(c) -> None:
             for child in c.search_runs([self.experiment_id],
                                        filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_run_id}'", max_results=5000):
                 if child.info.status == "RUNNING":
-                    c.set_tag(child.info.run_id, TRIAL_STATE_TAG, INTERRUPTED)
+                    state = states.get(child.data.tags.get(TRIAL_ID_TAG, ""), INTERRUPTED)
+                    c.set_tag(child.info.run_id, TRIAL_STATE_TAG, state)
                     c.set_terminated(child.info.run_id, status=status)
 
         self.writer.submit("closing the trials' runs still open", run)

@@ -9,7 +9,10 @@ checkpoints, the plots (the best trial's settings-grid heat map among them) and 
 Each refit is also a child run of its own (tag `msdn.study` = `refit`, `refit.config`, `refit.seed`), named
 `refit tuned seed=3` or `refit authors seed=3` (`names.refit_run_name`). As the study ends, however it
 ends, its run's description (the tag `mlflow.note.content`, shown on the run's page) becomes a short
-markdown summary: `study_description`.
+markdown summary of the study's outcome: `study_description`.
+
+`ParentRun` owns the run (its experiment id, run id) and the study's `TrackingWriter`: its methods queue
+what to log on the writer, which sends it in order from a background thread.
 """
 from __future__ import annotations
 
@@ -17,20 +20,21 @@ import json
 import math
 import subprocess
 import sys
-from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping
 
 from msdn.metrics import GRID_KEYS, HEADLINE_KEYS
-from msdn.study.cluster import cluster_tags
+from msdn.progress import Progress
 from msdn.study.options import StudyOptions, experiment_path
+from msdn.study.outcome import FAILED, StudyOutcome
 from msdn.study.report import refit_lines
 from msdn.study.results import (BASELINE, COMPLETED, ERRORED, INTERRUPTED, STOPPED_EARLY, TUNED, RefitResult, Refits,
-                                StudyResult, TrialSummary)
+                                TrialSummary)
 from msdn.study.search_space import SearchSpace
 from msdn.study.tracking.names import compact, refit_run_name
-from msdn.study.tracking.store import (PARENT_TAG, STORAGE_TAG, STUDY_TAG, TRIAL_ID_TAG, TRIAL_STATE_TAG, client,
-                                      ensure_experiment, log_artifacts, log_metrics, log_params_flat)
+from msdn.study.tracking.store import (PARENT_TAG, STORAGE_TAG, STUDY_TAG, client, ensure_experiment, log_artifacts,
+                                      log_metrics, log_params_flat)
+from msdn.study.tracking.writer import TrackingWriter
 
 # Tags of a refit's child run, besides STUDY_TAG = REFIT_RUN.
 REFIT_RUN = "refit"
@@ -39,7 +43,8 @@ REFIT_SEED_TAG = "refit.seed"
 REFIT_NAME_TAG = "refit.name"  # <config>-seed<seed>: finds the run again on --resume
 NOTE_TAG = "mlflow.note.content"  # a run's description in the MLflow UI (markdown)
 STUDY_STATE_TAG = "study_state"  # how the study ended: COMPLETED, INTERRUPTED or FAILED
-FAILED = "failed"  # the study's state when an error ended it
+# The parent run's MLflow status for each way a study ends.
+END_STATUS = {COMPLETED: "FINISHED", INTERRUPTED: "KILLED", FAILED: "FAILED"}
 # Trial states the description always counts, in this order (others only when some trial has them).
 COUNTED_STATES = (COMPLETED, STOPPED_EARLY, ERRORED, INTERRUPTED)
 
@@ -76,10 +81,11 @@ def trial_tags(opts: StudyOptions) -> dict[str, str]:
     return {"dataset": opts.dataset, "protocol": opts.protocol, STUDY_TAG: "trial"}
 
 
-def open_parent_run(opts: StudyOptions, space: SearchSpace) -> tuple[str, str]:
+def open_parent_run(opts: StudyOptions, space: SearchSpace, cluster: Mapping[str, str]) -> tuple[str, str]:
     """The study's parent run: a new one, or (with --resume) the one this storage path used before.
 
-    Returns (experiment id, run id); the run is RUNNING.
+    `cluster`: tags that say where it runs (`msdn.study.cluster.cluster_tags`). Returns (experiment id, run id);
+    the run is RUNNING.
     """
     c = client(opts.mlflow_uri)
     experiment_id = ensure_experiment(opts.mlflow_uri, opts.experiment)
@@ -93,7 +99,7 @@ def open_parent_run(opts: StudyOptions, space: SearchSpace) -> tuple[str, str]:
     tags = {
         STUDY_TAG: "parent", STORAGE_TAG: path, "dataset": opts.dataset, "protocol": opts.protocol,
         "protocol_note": PROTOCOL_NOTES["paper" if opts.protocol == "paper" else "val"],
-        "git_commit": git_commit(), **cluster_tags(),
+        "git_commit": git_commit(), **cluster,
         **{f"version.{k}": v for k, v in versions().items()},
     }
     run = c.create_run(experiment_id, run_name=f"study-{opts.experiment}", tags=tags)
@@ -109,19 +115,12 @@ def open_parent_run(opts: StudyOptions, space: SearchSpace) -> tuple[str, str]:
     return experiment_id, run_id
 
 
-def log_best(writer, run_id: str, best: TrialSummary) -> None:
-    """Queue: the best trial's params as `best.*` (the settings grid's chosen alpha and gamma included), its best
-    epoch's headline and settings-grid metrics as `best_*`."""
+def best_metrics(best: TrialSummary) -> dict[str, float]:
+    """The best trial's best epoch as parent-run metrics: its headline and settings-grid figures as `best_*`."""
     metrics = {f"best_{k}": float(best.best[k]) for k in HEADLINE_KEYS + GRID_KEYS
                if isinstance(best.best.get(k), (int, float)) and math.isfinite(best.best[k])}
     metrics["best_epoch"] = float(best.best_epoch)
-
-    def run(c) -> None:
-        log_params_flat(c, run_id, best.params, prefix="best.")
-        log_metrics(c, run_id, metrics, step=0)
-        c.set_tag(run_id, "best_trial_id", str(best.trial_id))
-
-    writer.submit("the best trial on the parent run", run)
+    return metrics
 
 
 def refit_metrics(refits: Refits) -> dict[str, float]:
@@ -149,147 +148,154 @@ def refit_metrics(refits: Refits) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if math.isfinite(v)}
 
 
-def log_refits(writer, run_id: str, refits: Refits) -> None:
-    """Queue: the refits' test figures on the parent run (`refit_metrics`)."""
-    metrics = refit_metrics(refits)
-    writer.submit("the refits' test figures on the parent run", lambda c: log_metrics(c, run_id, metrics, step=0))
+class ParentRun:
+    """The study's parent run: its experiment and run ids, and the writer that logs everything of the study.
 
-
-def log_refit_run(writer, experiment_id: str, parent_run_id: str, refit: RefitResult, tags: dict[str, str]) -> None:
-    """Queue: the refit's child run (its TrainConfig as params, its test figures as metrics), unless one exists.
-
-    Found again by its name tag, so a resumed study that logs its stored refits again makes no duplicate (and
-    an attempt the writer retries after an outage completes the run it had begun).
+    Every method only queues on the writer (`TrackingWriter`: in order, on its thread, retried through
+    outages); `close` waits for what is queued and returns what could not be logged.
     """
-    metrics = {k: float(v) for k, v in {**refit.metrics, "train_time": refit.train_time}.items()
-               if isinstance(v, (int, float)) and math.isfinite(v)}
 
-    def run(c) -> None:
-        found = c.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}' and "
-                              f"tags.`{REFIT_NAME_TAG}` = '{refit.name}'", max_results=1)
-        if found and found[0].info.status == "FINISHED":
-            return
-        run_id = found[0].info.run_id if found else c.create_run(
-            experiment_id, run_name=refit_run_name(refit.config, refit.seed), tags={
-                **tags, PARENT_TAG: parent_run_id, STUDY_TAG: REFIT_RUN, REFIT_NAME_TAG: refit.name,
-                REFIT_CONFIG_TAG: refit.config, REFIT_SEED_TAG: str(refit.seed), "checkpoint": str(refit.checkpoint),
-            }).info.run_id
-        log_params_flat(c, run_id, refit.train_config)
-        log_metrics(c, run_id, metrics, step=refit.epochs)
-        c.set_terminated(run_id, status="FINISHED")
+    def __init__(self, writer: TrackingWriter, experiment_id: str, run_id: str) -> None:
+        self.writer = writer
+        self.experiment_id = experiment_id
+        self.run_id = run_id
 
-    writer.submit(f"the child run of refit {refit.name}", run)
+    @classmethod
+    def open(cls, opts: StudyOptions, space: SearchSpace, *, cluster: Mapping[str, str],
+             progress: Progress = print) -> "ParentRun":
+        """A new parent run, or with --resume the one this storage path used before (`open_parent_run`), RUNNING."""
+        experiment_id, run_id = open_parent_run(opts, space, cluster)
+        return cls(TrackingWriter(opts.mlflow_uri, progress=progress), experiment_id, run_id)
+
+    def log_best(self, best: TrialSummary) -> None:
+        """The best trial's params as `best.*` (the settings grid's chosen alpha and gamma included), its best epoch's
+        figures as `best_*` (`best_metrics`), its id as the tag `best_trial_id`."""
+        metrics = best_metrics(best)
+
+        def run(c) -> None:
+            log_params_flat(c, self.run_id, best.params, prefix="best.")
+            log_metrics(c, self.run_id, metrics, step=0)
+            c.set_tag(self.run_id, "best_trial_id", str(best.trial_id))
+
+        self.writer.submit("the best trial on the parent run", run)
+
+    def log_refits(self, refits: Refits) -> None:
+        """The refits' test figures (`refit_metrics`)."""
+        metrics = refit_metrics(refits)
+        self.writer.submit("the refits' test figures on the parent run",
+                           lambda c: log_metrics(c, self.run_id, metrics, step=0))
+
+    def log_refit_run(self, refit: RefitResult, tags: dict[str, str]) -> None:
+        """The refit's child run (its TrainConfig as params, its test figures as metrics), unless one exists.
+
+        Found again by its name tag, so a resumed study that logs its stored refits again makes no duplicate
+        (and an attempt the writer retries after an outage completes the run it had begun).
+        """
+        metrics = {k: float(v) for k, v in {**refit.metrics, "train_time": refit.train_time}.items()
+                   if isinstance(v, (int, float)) and math.isfinite(v)}
+        experiment_id, parent_run_id = self.experiment_id, self.run_id
+
+        def run(c) -> None:
+            found = c.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}' and "
+                                  f"tags.`{REFIT_NAME_TAG}` = '{refit.name}'", max_results=1)
+            if found and found[0].info.status == "FINISHED":
+                return
+            run_id = found[0].info.run_id if found else c.create_run(
+                experiment_id, run_name=refit_run_name(refit.config, refit.seed), tags={
+                    **tags, PARENT_TAG: parent_run_id, STUDY_TAG: REFIT_RUN, REFIT_NAME_TAG: refit.name,
+                    REFIT_CONFIG_TAG: refit.config, REFIT_SEED_TAG: str(refit.seed), "checkpoint": str(refit.checkpoint),
+                }).info.run_id
+            log_params_flat(c, run_id, refit.train_config)
+            log_metrics(c, run_id, metrics, step=refit.epochs)
+            c.set_terminated(run_id, status="FINISHED")
+
+        self.writer.submit(f"the child run of refit {refit.name}", run)
+
+    def log_refit_files(self, best_config: Path, checkpoints: dict[str, Path]) -> None:
+        """best_config.yaml at the run's top, each refit checkpoint as refit_checkpoints/<name>/."""
+        def run(c) -> None:
+            c.log_artifact(self.run_id, str(best_config))
+            for name, path in checkpoints.items():
+                c.log_artifact(self.run_id, str(path), f"refit_checkpoints/{name}")
+
+        self.writer.submit("best_config.yaml and the refit checkpoints on the parent run", run)
+
+    def log_importances(self, importances: dict[str, float]) -> None:
+        """Each searched parameter's importance (Optuna's fANOVA over COMPLETE trials) as `importance.<param>`."""
+        metrics = {f"importance.{name}": float(value) for name, value in importances.items()}
+        self.writer.submit("the parameter importances on the parent run",
+                           lambda c: log_metrics(c, self.run_id, metrics, step=0))
+
+    def log_files(self, plots: list[Path], summary: dict[str, Any], folder: Path) -> None:
+        """The plots under `plots/` and the summary as `study_summary.json` (written into `folder` now, which must
+        outlive the writer)."""
+        path = folder / "study_summary.json"
+        path.write_text(json.dumps(summary, indent=2, default=str))
+
+        def run(c) -> None:
+            log_artifacts(c, self.run_id, plots, "plots")
+            c.log_artifact(self.run_id, str(path))
+
+        self.writer.submit("the plots and study_summary.json of the parent run", run)
+
+    def end(self, outcome: StudyOutcome) -> None:
+        """The study's end, however it ended: the tag `study_state`, the description (`study_description`), and the
+        run's status (END_STATUS: FINISHED, KILLED or FAILED)."""
+        status, note = END_STATUS[outcome.state], study_description(outcome)
+
+        def run(c) -> None:
+            c.set_tag(self.run_id, STUDY_STATE_TAG, outcome.state)
+            c.set_tag(self.run_id, NOTE_TAG, note)
+            c.set_terminated(self.run_id, status=status)
+
+        self.writer.submit(f"ending the parent run as {status}", run)
+
+    def close(self, timeout: float) -> list[str]:
+        """Wait up to `timeout` seconds for everything queued to be logged; returns what was not."""
+        return self.writer.close(timeout)
 
 
-def log_refit_files(writer, run_id: str, best_config: Path, checkpoints: dict[str, Path]) -> None:
-    """Queue: best_config.yaml at the parent run's top, each refit checkpoint as refit_checkpoints/<name>/."""
-    def run(c) -> None:
-        c.log_artifact(run_id, str(best_config))
-        for name, path in checkpoints.items():
-            c.log_artifact(run_id, str(path), f"refit_checkpoints/{name}")
+def study_description(outcome: StudyOutcome) -> str:
+    """The parent run's description: a short markdown summary of the study's outcome (pure).
 
-    writer.submit("best_config.yaml and the refit checkpoints on the parent run", run)
-
-
-def log_importances(writer, run_id: str, importances: dict[str, float]) -> None:
-    """Queue: each searched parameter's importance (Optuna's fANOVA over COMPLETE trials) as `importance.<param>`."""
-    metrics = {f"importance.{name}": float(value) for name, value in importances.items()}
-    writer.submit("the parameter importances on the parent run", lambda c: log_metrics(c, run_id, metrics, step=0))
-
-
-def log_files(writer, run_id: str, plots: list[Path], summary: dict[str, Any], folder: Path) -> None:
-    """Queue: the plots under `plots/` and the summary as `study_summary.json` (written into `folder` now,
-    which must outlive the writer)."""
-    path = folder / "study_summary.json"
-    path.write_text(json.dumps(summary, indent=2, default=str))
-
-    def run(c) -> None:
-        log_artifacts(c, run_id, plots, "plots")
-        c.log_artifact(run_id, str(path))
-
-    writer.submit("the plots and study_summary.json of the parent run", run)
-
-
-def end_parent_run(writer, run_id: str, status: str, study_state: str | None = None) -> None:
-    """Queue: terminate the parent run with `status`, tagging `study_state` (completed, interrupted, failed)."""
-    def run(c) -> None:
-        if study_state is not None:
-            c.set_tag(run_id, STUDY_STATE_TAG, study_state)
-        c.set_terminated(run_id, status=status)
-
-    writer.submit(f"ending the parent run as {status}", run)
-
-
-def study_description(result: StudyResult, opts: StudyOptions, space: SearchSpace, state: str,
-                      trial_states: Mapping[str, int], best_run: str | None = None, error: str | None = None) -> str:
-    """The parent run's description: a short markdown summary of the study (pure).
-
-    `state`: COMPLETED, INTERRUPTED or FAILED (with `error`); `trial_states`: how many trial runs are in each
-    `trial_state`; `best_run`: the best trial's run name. The test figures are the report's (`refit_lines`).
-    The UI shows the first lines until "Show more": what ended the study and what it found come first.
+    How it ended (and for an interrupted or failed study, what is missing or the error), the trials by state,
+    the best trial (by its run name) and configuration, the test figures (the report's `refit_lines`). The UI
+    shows the first lines until "Show more": what ended the study and what it found come first.
     """
-    lines = [f"**Study `{opts.experiment}` on {opts.dataset}: {state}**", ""]
-    best = result.best
+    state, best, counts = outcome.state, outcome.best, outcome.counts
+    lines = [f"**Study `{outcome.experiment}` on {outcome.dataset}: {state}**", ""]
     if state == INTERRUPTED:
         missing = ("the test result: the refits did not finish (the finished ones are kept)" if best is not None
                    else "the best configuration and the test result: the trials did not finish")
         lines.append(f"- **Missing:** {missing}. Continue it with the same command plus `--resume`.")
     elif state == FAILED:
-        lines.append(f"- **Failed:** {_first_and_last_line(error or 'unknown error')}")
-    counted = [*COUNTED_STATES, *sorted(set(trial_states) - set(COUNTED_STATES))]
-    total = sum(trial_states.values())
-    planned = f" of {opts.num_samples}" if total != opts.num_samples else ""  # an interrupted study ran fewer
-    lines.append(f"- **Trials:** {total}{planned} (" + ", ".join(f"{trial_states.get(s, 0)} {s}" for s in counted
-                                                                if s in COUNTED_STATES or trial_states.get(s)) + ")")
+        lines.append(f"- **Failed:** {_first_and_last_line(outcome.error or 'unknown error')}")
+    counted = [*COUNTED_STATES, *sorted(set(counts) - set(COUNTED_STATES))]
+    total = sum(counts.values())
+    planned = f" of {outcome.planned_trials}" if total != outcome.planned_trials else ""  # an interrupted study ran fewer
+    lines.append(f"- **Trials:** {total}{planned} (" + ", ".join(f"{counts.get(s, 0)} {s}" for s in counted
+                                                                if s in COUNTED_STATES or counts.get(s)) + ")")
     if best is not None and best.best is not None:
-        split = "validation" if opts.protocol == "val" else "test (paper protocol: selected on test)"
-        b = best.best
-        lines.append(f"- **Best trial:** `{best_run or best.trial_id}` (trial_id {best.trial_id}), epoch "
-                     f"{best.best_epoch} of {best.epochs} trained: {split} {space.metric} = {b[space.metric]:.4f} "
-                     f"({', '.join(f'{k} {b[k]:.4f}' for k in _companions(space.metric, b))})")
-        order = [n for n in space.param_names if n in best.params] + [n for n in best.params
-                                                                       if n not in space.param_names]
+        split = "validation" if outcome.protocol == "val" else "test (paper protocol: selected on test)"
+        b, metric = best.best, outcome.metric
+        lines.append(f"- **Best trial:** `{outcome.best_run_name or best.trial_id}` (trial_id {best.trial_id}), epoch "
+                     f"{best.best_epoch} of {best.epochs} trained: {split} {metric} = {b[metric]:.4f} "
+                     f"({', '.join(f'{k} {b[k]:.4f}' for k in _companions(metric, b))})")
+        order = [n for n in outcome.param_names if n in best.params] + [n for n in best.params
+                                                                         if n not in outcome.param_names]
         lines.append("- **Best configuration:** " + ", ".join(f"`{n}={compact(best.params[n], 3)}`" for n in order))
-    if result.best_config_path:
-        lines.append(f"- **best_config.yaml:** `{result.best_config_path}`")
-    lines.append(f"- **Protocol:** {PROTOCOL_NOTES['paper' if opts.protocol == 'paper' else 'val']}")
-    if result.refits:
+    if outcome.best_config_path:
+        lines.append(f"- **best_config.yaml:** `{outcome.best_config_path}`")
+    lines.append(f"- **Protocol:** {PROTOCOL_NOTES['paper' if outcome.protocol == 'paper' else 'val']}")
+    if outcome.refits:
         lines += ["", "**Test** (refits on trainval, each tested once: the study's one look at the test split):", "",
-                  "```text", *refit_lines(result.refits), "```"]
-    elif state == COMPLETED and opts.protocol == "paper":
+                  "```text", *refit_lines(outcome.refits), "```"]
+    elif state == COMPLETED and outcome.protocol == "paper":
         lines += ["", "**Test:** no refit under the paper protocol: the figures above are test-split figures "
                       "selected on the test split (as published)."]
     elif state == COMPLETED:
         lines += ["", "**Test:** not run (`--no-refit`)."]
     return "\n".join(lines) + "\n"
-
-
-def log_description(writer, result: StudyResult, opts: StudyOptions, space: SearchSpace) -> None:
-    """Queue: `study_description` as the parent run's description, with the study's state (the `study_state` tag
-    `end_parent_run` set), the trial states and the best trial's run name as MLflow holds them then (after
-    everything queued before: the trials' final states included).
-
-    Called once as the study ends, however it ends (the runner's `finally`, after `end_parent_run`): an exception
-    on its way out at that moment is what ended a failed study.
-    """
-    exc = sys.exc_info()[1]
-    # Without the tag (a study that ended before end_parent_run), the same rule as the runner's.
-    fallback = (INTERRUPTED if result.interrupted or isinstance(exc, KeyboardInterrupt)
-                else FAILED if exc is not None else COMPLETED)
-    error = f"{type(exc).__name__}: {exc}" if exc is not None else None
-
-    def run(c) -> None:
-        state = c.get_run(result.parent_run_id).data.tags.get(STUDY_STATE_TAG) or fallback
-        children = c.search_runs([result.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = "
-                                 f"'{result.parent_run_id}'", max_results=5000)
-        trials = [r for r in children if TRIAL_ID_TAG in r.data.tags]
-        counts = Counter(r.data.tags.get(TRIAL_STATE_TAG, "unknown") for r in trials)
-        names = {r.data.tags[TRIAL_ID_TAG]: r.info.run_name for r in trials}
-        best_run = names.get(result.best.trial_id) if result.best is not None else None
-        c.set_tag(result.parent_run_id, NOTE_TAG, study_description(
-            result, opts, space, state, counts, best_run, error if state == FAILED else None))
-
-    writer.submit("the study's description on the parent run", run)
 
 
 def _first_and_last_line(text: str, limit: int = 300) -> str:
