@@ -1,6 +1,6 @@
 """The end of a study (msdn/study/conclude.py), in-process: recorded Tune results, a real SQLite MLflow store.
 
-tests/data/study/ holds what a real study's end reads of Tune (`results.TrialRecord`s of an 8-trial study,
+tests/data/study/ holds what a real study's end reads of Tune (`results.TrialRecord`s of a 10-trial study,
 its refits' results and its Optuna journal; of a study whose every trial diverged), recorded by
 tests/data/study/record.py. Each test replays those trials through the real Tune callbacks (the MLflow
 callback and the console's counter, sharing one `TrialEnds`) in the order Tune calls them, then ends the
@@ -11,6 +11,7 @@ the study's storage (written here from the recorded ones), as a resumed study fi
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -60,7 +61,7 @@ class Study:
     """A study's driver after Ray is up: its parent run, its callbacks, and a stop request to make."""
 
     def __init__(self, tmp_path: Path, uri: str, synthetic_root: Path, records: list[TrialRecord], **options) -> None:
-        args = dict(dataset="synthetic", search_space=DATA / "space.yaml", num_samples=8, max_epochs=4, seed=3,
+        args = dict(dataset="synthetic", search_space=DATA / "space.yaml", num_samples=10, max_epochs=4, seed=3,
                     refit_seeds=2, storage_path=str(tmp_path / "results"), mlflow_uri=uri,
                     data_root=str(synthetic_root), experiment=EXPERIMENT, tracking_timeout=60.0)
         self.opts, self.space = resolve_options(StudyRequest(**{**args, **options}))
@@ -187,7 +188,7 @@ def test_a_completed_study_renders_one_outcome_on_the_console_in_mlflow_and_in_i
     assert outcome.unlogged == [] and outcome.dropped == []
 
     # the console: one line per trial as it ended, then the end lines of the same outcome
-    trial_lines = [line for line in study.console if line.startswith("t0")]
+    trial_lines = [line for line in study.console if re.match(r"t\d\d ", line)]
     assert len(trial_lines) == len(records)
     words = {"completed": "completed", "stopped_early": "stopped early"}
     for record in records:
@@ -196,7 +197,7 @@ def test_a_completed_study_renders_one_outcome_on_the_console_in_mlflow_and_in_i
     tail = end_lines(outcome)
     assert study.console[-len(tail):] == tail
     counts = ", ".join(f"{n} {s}" for s, n in sorted(outcome.counts.items()))
-    assert tail[0] == f"\n8 trials: {counts}" and tail[1].startswith(f"best trial {best.trial_id} at epoch")
+    assert tail[0] == f"\n{len(records)} trials: {counts}" and tail[1].startswith(f"best trial {best.trial_id} at epoch")
     assert any(line.startswith("parameter importances (fANOVA, COMPLETE trials): ") for line in study.console)
     assert "TEST (refit on trainval, each tested once; seeds " in "\n".join(tail)
 
@@ -207,7 +208,7 @@ def test_a_completed_study_renders_one_outcome_on_the_console_in_mlflow_and_in_i
     assert description == study_description(outcome)
     counted = ", ".join(f"{outcome.counts.get(s, 0)} {s}" for s in ("completed", "stopped_early", "errored",
                                                                     "interrupted"))
-    assert f"- **Trials:** 8 ({counted})" in description
+    assert f"- **Trials:** 10 ({counted})" in description
     runs = study.trial_runs()
     assert set(runs) == set(states)  # one run per trial
     for trial_id, run in runs.items():
@@ -245,7 +246,7 @@ def test_an_interrupted_study_gives_an_errored_trial_one_state_everywhere(tmp_pa
     records = COMPLETED["records"]
     error = FAILED["records"][0].error  # a real trial's error (it diverged), here while the study stops
     study = Study(tmp_path, mlflow_uri, synthetic_root, records, refit=False)
-    done, (failing, ended, running, pending) = records[:4], [r.trial_id for r in records[4:]]
+    done, (failing, ended, running, pending) = records[:-4], [r.trial_id for r in records[-4:]]
     earlier = next(r.trial_id for r in done if r.epochs < 4)  # stopped early by ASHA before a resume
     with study.counter:
         study.ended_before_the_resume(earlier)
@@ -286,8 +287,8 @@ def test_an_interrupted_study_gives_an_errored_trial_one_state_everywhere(tmp_pa
     lines = parent.data.tags[NOTE_TAG].splitlines()
     assert lines[2].startswith("- **Missing:** the best configuration and the test result")
     c = outcome.counts
-    assert lines[3] == (f"- **Trials:** 8 ({c.get('completed', 0)} completed, {c.get('stopped_early', 0)} stopped_early, "
-                        f"0 errored, 4 interrupted)")
+    assert lines[3] == (f"- **Trials:** 10 ({c.get('completed', 0)} completed, {c.get('stopped_early', 0)} "
+                        f"stopped_early, 0 errored, 4 interrupted)")
     assert "test_H" not in parent.data.metrics and "best_H_grid" not in parent.data.metrics
     assert "study_summary.json" not in {a.path for a in study.client().list_artifacts(parent.info.run_id)}
 

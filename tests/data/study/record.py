@@ -8,7 +8,7 @@ tune/run.py, as a user does (a local Ray, Optuna, ASHA, a SQLite MLflow store), 
 the synthetic benchmark, then reads Tune's results back as the study does (`results.trial_records` of
 the experiment's ResultGrid) and keeps:
 
-- completed.json: the TrialRecords of an 8-trial study (space.yaml: at most 4 epochs, a settings grid of
+- completed.json: the TrialRecords of a 10-trial study (space.yaml: at most 4 epochs, a settings grid of
   3 x 5 points so the results stay small), and the results of its refits (2 seeds, the tuned and the
   authors' configuration), without their TrainConfig (the tests derive it, as the study does);
 - optuna_study.journal: that study's Optuna journal (the parameter importances are computed from it);
@@ -26,10 +26,14 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
-COMPLETED = ["--num-samples", "8", "--max-epochs", "4", "--seed", "3", "--refit-seeds", "2",
+SEED = "3"  # the study seed: one whose recording has MIN_COMPLETE trials completed
+# One trial at a time: ASHA then decides from the trials' results alone (not from which finished first), so a
+# re-recording gives the same states; the tests need at least MIN_COMPLETE trials run to the end (importances).
+COMPLETED = ["--num-samples", "10", "--max-epochs", "4", "--seed", SEED, "--refit-seeds", "2", "--max-concurrent", "1",
              "--search-space", str(HERE / "space.yaml"), "--experiment", "msdn-synthetic-val"]
 FAILED = ["--num-samples", "2", "--max-failures", "0", "--search-space", str(HERE / "diverge.yaml"),
           "--experiment", "msdn-synthetic-failed"]
+MIN_COMPLETE = 4  # msdn.study.searcher.MIN_TRIALS_FOR_IMPORTANCE
 DIGITS = 6  # significant digits kept of every recorded float (the tests compare renderings of the same data)
 
 
@@ -77,6 +81,10 @@ def main() -> None:
         (HERE / "completed.json").write_text(json.dumps({"args": COMPLETED[:-4], "records": records(completed),
                                                          "refits": refits}, indent=1) + "\n")
         shutil.copyfile(completed / "optuna_study.journal", HERE / "optuna_study.journal")
+        complete = sum(not r["error"] and max((x["training_iteration"] for x in r["results"]), default=0) >= 4
+                       for r in records(completed))
+        if complete < MIN_COMPLETE:
+            sys.exit(f"only {complete} trials completed; the tests need {MIN_COMPLETE}: change --seed in COMPLETED")
         failed = study(workdir, workdir / "data", FAILED, expect=1)
         (HERE / "failed.json").write_text(json.dumps({"args": FAILED[:-4], "records": records(failed)}, indent=1)
                                           + "\n")
