@@ -142,8 +142,8 @@ def _run(opts: StudyOptions, stop: StopRequests, progress: Progress, log: StudyL
     session = connect_ray(opts.address, log_to_driver=opts.verbose or not client)
     log.capture_worker_output(session, remote=bool(opts.address), alert=progress)
     stop.install()  # again: ray.init replaced the SIGTERM handler with one that exits at once
+    resources = trial_resources(opts, progress)  # refuses a trial no node can ever hold, before any other work
     check_cluster_storage_and_data(opts, progress)
-    resources = trial_resources(opts)
     experiment_id, parent_run_id = parent.open_parent_run(opts, space)
     concurrency = opts.max_concurrent or default_concurrency(resources)
     for line in start_lines(opts, resources, concurrency, experiment_id, parent_run_id):
