@@ -35,6 +35,9 @@ def connect_ray(address: str | None, log_to_driver: bool = True) -> str | None:
 
     if ray.is_initialized():
         return None
+    # Tune records every trial's error itself (its error file, the console); without this Ray prints a failed
+    # trial's traceback once more at exit, after the study's own one-paragraph error.
+    os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
     if address:
         check_ray_address(address)
         try:

@@ -22,6 +22,7 @@ from msdn.study import tracking
 from msdn.study.checkpoints import fill_deleted_checkpoint_folders
 from msdn.study.cluster import check_cluster_storage_and_data, connect_ray, default_concurrency, trial_resources
 from msdn.study.console import TrialCounter, is_terminal, study_display
+from msdn.study.diskspace import TRACKING_WAIT_S, disk_full_error, disk_guard
 from msdn.study.interrupt import StopRequests, forward_stop_callback
 from msdn.study.logs import LOG_NAME, StatusTable, StudyLog, log_path
 from msdn.study.options import StudyFailed, StudyOptions, experiment_path, is_uri, resolve_options
@@ -151,6 +152,7 @@ def _run(opts: StudyOptions, stop: StopRequests, progress: Progress, log: StudyL
 
     result = StudyResult(experiment_path(opts), opts.mlflow_uri, experiment_id, parent_run_id)
     writer = TrackingWriter(opts.mlflow_uri, progress=progress)
+    disk_full = None  # a DiskFullError, when the study ends on a full disk
     files = Path(tempfile.mkdtemp(prefix="msdn-study-"))  # plots and summary, kept until the writer has logged them
     base = default_config(opts.dataset, **space.fixed).replace(
         protocol=opts.protocol, data_root=opts.data_root, epochs=opts.max_epochs, device=opts.device,
@@ -161,7 +163,8 @@ def _run(opts: StudyOptions, stop: StopRequests, progress: Progress, log: StudyL
         counter = TrialCounter(study_display(progress, space.metric, live=live, verbose=opts.verbose),
                                total=opts.num_samples, max_epochs=opts.max_epochs, metric=space.metric,
                                mode=space.mode, key_params=space.param_names, stop=stop)
-        tuner = build_tuner(opts, space, resources, [callback, forward_stop_callback(stop), counter], base)
+        tuner = build_tuner(opts, space, resources, [callback, forward_stop_callback(stop), counter, disk_guard(opts)],
+                            base)
         with stop.tuning(), counter:
             grid = tuner.fit()
         result.trials = trial_summaries(grid, space.metric, space.mode, opts.max_epochs)
@@ -181,13 +184,17 @@ def _run(opts: StudyOptions, stop: StopRequests, progress: Progress, log: StudyL
         # Never leave runs RUNNING; a study that failed before any trial ran leaves nothing that blocks a retry.
         callback.close_open_runs("FAILED")
         parent.end_parent_run(writer, parent_run_id, "FAILED", study_state="failed")
+        disk_full = disk_full_error(opts, exc)
         if not opts.resume and remove_unstarted_experiment(opts):
             show(f"the study failed before any trial ran ({type(exc).__name__}); removed Tune's files from "
                  f"{experiment_path(opts)} (its log stays), so the same command can run again")
+        if disk_full is not None:
+            raise disk_full from None
         raise
     finally:
         parent.log_description(writer, result, opts, space)  # the parent run's summary, however the study ended
-        result.unlogged = writer.close(opts.tracking_timeout)
+        wait = min(opts.tracking_timeout, TRACKING_WAIT_S) if disk_full else opts.tracking_timeout
+        result.unlogged = writer.close(wait)
         result.dropped = list(writer.dropped)
         shutil.rmtree(files, ignore_errors=True)
         for line in unlogged_lines(result, writer.last_error):
