@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
 from pathlib import Path
 from typing import Sequence
@@ -104,7 +105,7 @@ def main(args: argparse.Namespace, progress: Progress = to_stderr) -> Path:
     _copy_att_splits(x.att_splits, bp.att_splits)
     # The loaders validate every key against att_splits.mat and build the float16 cache (a full read, NaN check).
     bench = load_benchmark(args.dataset, args.out, progress=progress)
-    say(f"ready: --dataset {args.dataset} --data-root {args.out} ({bench.features.shape[0]} images, "
+    say(f"ready: --dataset {args.dataset} --data-root {shlex.quote(str(args.out))} ({bench.features.shape[0]} images, "
         f"{bench.feature_shape[0]} regions x {bench.feature_shape[1]} channels)")
     return final
 
