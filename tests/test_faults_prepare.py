@@ -18,10 +18,11 @@ import pytest
 import scipy.io
 import torch
 from PIL import Image
-from test_prepare import cli, make_dataset, train_ok
+from small_fs import grow, small_filesystem
+from test_prepare import cli, make_dataset, run_prepare
 
 from msdn import prepare
-from msdn.data import benchmark_paths, load_benchmark
+from msdn.data import DataError, benchmark_paths, load_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 ODD = "da ta ü"  # a space and a non-ASCII letter, in every folder name a test makes
@@ -75,7 +76,7 @@ def test_every_mode_pil_reads_becomes_rgb_as_torchvision_loads_it(tmp_path):
         assert tensor.shape == (3, 64, 64) and torch.equal(tensor, expected), (path.name, modes[path])
 
 
-def test_odd_modes_and_odd_paths_prepare_and_train(tmp_path):
+def test_odd_modes_and_odd_paths_prepare(tmp_path):
     d = make_dataset(tmp_path / ODD, "cub")
     odd_modes(images_of(d))
     out = tmp_path / ODD / "o u t ü"
@@ -84,30 +85,41 @@ def test_odd_modes_and_odd_paths_prepare_and_train(tmp_path):
     assert f"--data-root '{out}'" in proc.stderr  # quoted: the line can be pasted into a shell
     bench = load_benchmark("cub", out, progress=None)
     assert bench.features.shape == (9, 4, 2048) and np.isfinite(bench.features[:]).all()
-    train_ok("cub", out)
 
 
-@pytest.mark.parametrize("damage,says", [
-    ("truncated", "image file is truncated"),
-    ("empty", "not an image file PIL can read"),
-    ("text", "not an image file PIL can read"),
-])
-def test_an_unreadable_image_is_named_even_from_a_loader_worker(tmp_path, damage, says):
+DAMAGE = {"truncated": lambda intact: intact[: len(intact) // 2], "empty": lambda intact: b"",
+          "text": lambda intact: b"not an image\n"}
+
+
+@pytest.mark.parametrize("damage,says", [("truncated", "OSError: image file is truncated"),
+                                         ("empty", "not an image file PIL can read"),
+                                         ("text", "not an image file PIL can read")])
+def test_an_unreadable_image_is_said_in_one_paragraph_naming_it(tmp_path, damage, says):
+    d = make_dataset(tmp_path / ODD, "cub")
+    bad = images_of(d)[4]
+    bad.write_bytes(DAMAGE[damage](bad.read_bytes()))
+    index, tensor, error = prepare.ImageFiles(images_of(d), 0, 64)[4]
+    assert index == 4 and tensor.shape == (3, 64, 64) and not tensor.any()
+    assert error.startswith(f"{bad}: cannot read as an image (") and says in error and "\n" not in error
+    assert error.count(str(bad)) == 1 and "run the same command again" in error
+
+
+def test_an_unreadable_image_is_named_even_from_a_loader_worker(tmp_path):
     d = make_dataset(tmp_path / ODD, "cub")
     bad = images_of(d)[4]
     intact = bad.read_bytes()
-    bad.write_bytes({"truncated": intact[: len(intact) // 2], "empty": b"", "text": b"not an image\n"}[damage])
+    bad.write_bytes(DAMAGE["truncated"](intact))
     out = tmp_path / ODD / "out"
     error = assert_refused(as_user(cli("cub", d, out, "--workers", "2")), f"error: {bad}: cannot read as an image",
-                           says, "run the same command again")
+                           "image file is truncated", "run the same command again")
     assert "\n" not in error
     hdf5 = benchmark_paths("cub", out).hdf5
     partial = hdf5.with_name(hdf5.name + ".partial")
     assert not hdf5.exists() and partial.is_file()  # the batches before it are kept
     bad.write_bytes(intact)  # the user puts the intact file back: the run continues and completes
-    proc = as_user(cli("cub", d, out, "--workers", "2"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "resuming" in proc.stderr and hdf5.is_file() and not partial.exists()
+    messages: list[str] = []
+    run_prepare(cli("cub", d, out), messages)
+    assert any("resuming" in m for m in messages) and hdf5.is_file() and not partial.exists()
 
 
 @pytest.mark.parametrize("dataset,stored", [
@@ -140,6 +152,7 @@ def test_a_missing_listed_image_under_odd_paths_as_a_user(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_train_and_evaluate_with_odd_paths_everywhere(tmp_path, synthetic_root):
     root = tmp_path / ODD / "data root"
     shutil.copytree(synthetic_root, root)
@@ -156,3 +169,25 @@ def test_train_and_evaluate_with_odd_paths_everywhere(tmp_path, synthetic_root):
                               cwd=tmp_path, capture_output=True, text=True, timeout=300,
                               env={**os.environ, "PYTHONPATH": str(REPO)})
     assert evaluate.returncode == 0 and "H=" in evaluate.stdout, evaluate.stderr[-3000:]
+
+
+def test_a_full_disk_under_out_is_named_and_the_run_continues_once_there_is_space(tmp_path):
+    import h5py
+
+    d = make_dataset(tmp_path / ODD, "cub")
+    with small_filesystem(tmp_path / "small", "1150k") as small:
+        out = small / "o u t ü"
+        with pytest.raises(DataError) as err:
+            run_prepare(cli("cub", d, out))
+        hdf5 = benchmark_paths("cub", out).hdf5
+        partial = hdf5.with_name(hdf5.name + ".partial")
+        message = str(err.value)
+        assert message.startswith(f"{partial}: no space left on device (") and "run the same command again" in message
+        with h5py.File(partial, "r") as f:  # consistent: it opens, and declares only whole batches done
+            done = int(f.attrs["images_done"])
+        assert 0 < done < 9
+        grow(small, "40m")
+        messages: list[str] = []
+        run_prepare(cli("cub", d, out), messages)
+        assert f"resuming {partial.name}: {done}/9 images already extracted" in messages and hdf5.is_file()
+        assert load_benchmark("cub", out, progress=None).features.shape == (9, 4, 2048)

@@ -19,6 +19,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from small_fs import grow, small_filesystem
 
 from msdn.study import tracking
 from msdn.study.tracking.store import ARTIFACTS_FOLDER, check_tracking_uri, ensure_experiment
@@ -211,7 +212,7 @@ def test_artifacts_stay_beside_the_store_whatever_the_working_folder(tmp_path, m
 
 
 def test_what_a_full_disk_looks_like_through_the_libraries():
-    from msdn.study.diskspace import is_disk_full
+    from msdn.cli import is_disk_full
 
     inner = OSError(28, "No space left on device")
     try:
@@ -223,6 +224,8 @@ def test_what_a_full_disk_looks_like_through_the_libraries():
         assert is_disk_full(wrapped)
     assert is_disk_full(Exception("sqlite3.OperationalError: database or disk is full"))
     assert is_disk_full(Exception("OSError: [Errno 28] Error writing bytes to file"))
+    assert is_disk_full(RuntimeError("Unable to flush file (file write failed: errno = 28, error message = 'No space "
+                                     "left on device')"))  # h5py
     assert not is_disk_full(OSError(13, "Permission denied")) and not is_disk_full(None)
 
 
@@ -243,22 +246,6 @@ def test_a_cut_journal_entry_is_dropped_so_the_journal_stays_readable(tmp_path):
     resumed = optuna.load_study(storage=JournalStorage(JournalFileBackend(str(path))), study_name="s")
     resumed.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=1)  # appends after a whole line
     assert len(optuna.load_study(storage=JournalStorage(JournalFileBackend(str(path))), study_name="s").trials) == 4
-
-
-@contextlib.contextmanager
-def small_filesystem(folder: Path, size: str):
-    """A tmpfs of `size` at `folder` (root only); skips, saying why, where mounting is refused."""
-    folder.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() != 0:
-        pytest.skip("a small real filesystem needs root (mount -t tmpfs); RLIMIT_FSIZE would give EFBIG, not ENOSPC")
-    out = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True,
-                         text=True)
-    if out.returncode:
-        pytest.skip(f"mount -t tmpfs is refused here ({out.stderr.strip()}): no small filesystem to fill")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
 
 
 def test_the_log_file_on_a_full_disk_says_so_once(tmp_path, capsys):
@@ -296,7 +283,7 @@ def test_a_full_storage_path_stops_the_study_and_resume_continues_after_space_is
         assert f"--storage-path {small / 'results'} is on a full filesystem" in errors[0] and "--resume" in errors[0]
         assert "Traceback" not in out.stderr and "Logging error" not in out.stderr and seconds < 300
         assert out.stderr.count("warning:") <= 1  # the log file's one line, at most
-        subprocess.run(["mount", "-o", "remount,size=300m", str(small)], check=True)  # space freed
+        grow(small, "300m")  # space freed
         out = subprocess.run(args + ["--resume"], cwd=tmp_path, capture_output=True, text=True, env=ENV, timeout=900)
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
         assert "4 trials:" in out.stdout and "errored" not in out.stdout.split("4 trials:")[-1].splitlines()[0]
@@ -307,3 +294,26 @@ def test_a_full_storage_path_stops_the_study_and_resume_continues_after_space_is
     trials = [r for r in runs if r.data.tags.get("msdn.study") == "trial"]
     assert len({r.data.tags["trial_id"] for r in trials}) == len(trials) == 4  # each trial once
     assert all(r.info.status == "FINISHED" for r in runs), [(r.info.run_name, r.info.status) for r in runs]
+
+
+@pytest.mark.slow
+def test_a_study_with_spaces_and_non_ascii_in_every_path(tmp_path, synthetic_root):
+    odd = tmp_path / "da ta ü"
+    shutil.copytree(synthetic_root, odd / "data root")
+    (odd / "ml flow").mkdir()
+    space = odd / "space ü.yaml"
+    shutil.copyfile(REPO / "search_spaces" / "synthetic.yaml", space)
+    uri = f"sqlite:///{odd / 'ml flow' / 'mlflow.db'}"
+    out = subprocess.run(RUN + ["--dataset", "synthetic", "--data-root", str(odd / "data root"), "--storage-path",
+                                str(odd / "re sults"), "--mlflow-uri", uri, "--search-space", str(space),
+                                "--num-samples", "2", "--max-epochs", "2", "--refit-seeds", "1", "--no-baseline"],
+                         cwd=tmp_path, capture_output=True, text=True, env=ENV, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert (odd / "re sults" / EXPERIMENT / "best_config.yaml").is_file()
+    client = tracking.client(uri)
+    runs = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
+    assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)  # parent, 2 trials, 1 refit
+    parent = next(r for r in runs if r.data.tags.get("msdn.study") == "parent")
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"best_config.yaml", "plots"}
+    assert list((odd / "ml flow" / ARTIFACTS_FOLDER).rglob("best_config.yaml"))  # beside the store
+    assert not (tmp_path / "mlruns").exists()

@@ -7,8 +7,10 @@ killed at any point continues from the last complete batch when started again wi
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -27,6 +29,7 @@ FORMAT_VERSION = 1
 PROGRESS_SECONDS = 10.0
 # Test hook: SIGKILL the process after this many flushed batches (an honest crash, for the resume test).
 STOP_ENV = "MSDN_PREPARE_STOP_AFTER_CHUNKS"
+SPACE_MARGIN = 1 << 20  # bytes kept free beyond a batch's features, for HDF5's own metadata
 
 
 class ImageFiles:
@@ -183,6 +186,11 @@ def extract(args: argparse.Namespace, paths: Sequence[Path], partial: Path, sign
                 if dtype == np.float16 and np.abs(out).max() > FLOAT16_MAX:
                     raise DataError(f"images {s}..{e - 1}: features up to {np.abs(out).max():.6g} exceed the float16 "
                                     "range; use --dtype float32")
+                batch_bytes = len(idx) * int(np.prod(shape)) * dtype.itemsize
+                if shutil.disk_usage(partial.parent).free < batch_bytes + SPACE_MARGIN:
+                    # Said before HDF5 meets the full disk: it then fails on every later flush, and its file
+                    # object can crash the interpreter when released; this way the file closes consistent.
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(partial))
                 fm[s:e] = out.astype(dtype)
                 f.flush()  # the features first, then the counter that declares them complete
                 f.attrs["images_done"] = done = e

@@ -15,37 +15,19 @@ folder where Ray stages checkpoints) now has almost no space left, with its free
 """
 from __future__ import annotations
 
-import errno
-import re
 import shutil
 import tempfile
 from pathlib import Path
 
+from msdn.cli import DISK_FULL_TEXT, is_disk_full
 from msdn.study.options import StudyError, StudyOptions, is_uri
 
-DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
-# The same failure as text (a trial's error file, SQLite's "database or disk is full", pyarrow's wording).
-DISK_FULL_TEXT = re.compile(r"\[Errno (?:%d|%d)\]|No space left on device|Disk quota exceeded|database or disk is full"
-                            % DISK_FULL_ERRNOS)
 LOW_SPACE_BYTES = 4 << 20  # less than this left counts as full (filesystems refuse writes before 0 bytes)
 TRACKING_WAIT_S = 10.0  # how long a study that ended on a full disk still waits for MLflow to take its last lines
 
 
 class DiskFullError(StudyError):
     """The study stopped because a filesystem it writes to is full."""
-
-
-def is_disk_full(exc: BaseException | None) -> bool:
-    """Whether `exc`, or an exception it wraps or was raised while handling, is a full disk."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
-            return True
-        if DISK_FULL_TEXT.search(str(exc)):
-            return True
-        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__  # Ray's RayTaskError: .cause
-    return False
 
 
 def study_locations(opts: StudyOptions) -> list[tuple[str, Path]]:
