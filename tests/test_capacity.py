@@ -211,8 +211,8 @@ def test_joined_cluster_asked_for_more_than_any_node_has(tmp_path, synthetic_roo
         env = {**c.env, capacity.NODE_WAIT_ENV: "3"}
         env.pop("RAY_ADDRESS", None)
         start = time.monotonic()
-        out = subprocess.run(RUN + ["--dataset", "synthetic", "--data-root", str(synthetic_root), "--address", c.address,
-                                    "--cpus-per-trial", "64", "--mlflow-uri", c.mlflow_uri],
+        out = subprocess.run(RUN + ["--dataset", "synthetic", "--data-root", str(synthetic_root), "--address",
+                                    c.address, "--cpus-per-trial", "64", "--mlflow-uri", c.mlflow_uri],
                              cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
         seconds = time.monotonic() - start
         assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]

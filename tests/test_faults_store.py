@@ -179,7 +179,8 @@ def test_a_damaged_store_as_a_user_is_refused_before_ray(real_store, tmp_path, s
     before = digest(path)
     start = time.monotonic()
     out = subprocess.run(RUN + ["--dataset", "synthetic", "--data-root", str(synthetic_root), "--mlflow-uri",
-                                f"sqlite:///{path}"], cwd=tmp_path, capture_output=True, text=True, env=ENV, timeout=300)
+                                f"sqlite:///{path}"], cwd=tmp_path, capture_output=True, text=True, env=ENV,
+                         timeout=300)
     assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
     errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and f"{path} is damaged" in errors[0]

@@ -71,6 +71,8 @@ def check_ray_address(address: str, name: str = "--address") -> None:
     target = address
     if address == "auto":
         target = _auto_address(name)
+        if target is None:
+            return  # this Ray cannot say what 'auto' means: ray.init alone decides
     client = target.startswith("ray://")
     hostport = target[len("ray://"):] if client else target
     host, _, port = hostport.rpartition(":")
@@ -93,10 +95,13 @@ def check_ray_address(address: str, name: str = "--address") -> None:
                      f"(a Ray Client port needs the ray:// prefix)")
 
 
-def _auto_address(name: str) -> str:
+def _auto_address(name: str) -> str | None:
     """What 'auto' means to ray.init: RAY_ADDRESS, or the cluster last started on this machine (Ray 2.60's
-    private `canonicalize_bootstrap_address`, the function ray.init itself calls)."""
-    from ray._private.services import canonicalize_bootstrap_address
+    private `canonicalize_bootstrap_address`, the function ray.init itself calls; None without it)."""
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+    except ImportError:
+        return None
 
     try:
         target = canonicalize_bootstrap_address("auto")
