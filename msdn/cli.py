@@ -23,7 +23,9 @@ in words where it is None; `examples(...)` for its epilog).
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
+import re
 import shutil
 import sys
 import textwrap
@@ -120,10 +122,34 @@ class CheckpointError(ExpectedError):
     """A checkpoint file that cannot be read, or that does not fit the model, data or run it is used for."""
 
 
+# A full disk, as the libraries word it when they do not raise OSError(ENOSPC) themselves: an errno in a
+# message (pyarrow, h5py's "errno = 28"), SQLite's "database or disk is full".
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+DISK_FULL_TEXT = re.compile(r"\[Errno (?:%d|%d)\]|errno = (?:%d|%d)\b|No space left on device|Disk quota exceeded|"
+                            r"database or disk is full" % (DISK_FULL_ERRNOS * 2))
+
+
+def is_disk_full(exc: BaseException | None) -> bool:
+    """Whether `exc`, or an exception it wraps (`cause` for Ray's errors) or was raised while handling, is a full
+    disk (or a full quota)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+            return True
+        if DISK_FULL_TEXT.search(str(exc)):
+            return True
+        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
+    return False
+
+
 def error_message(exc: BaseException) -> str:
     """The one-paragraph text for an expected failure (an OSError names its file)."""
     if isinstance(exc, OSError) and not isinstance(exc, ExpectedError) and exc.strerror:
         where = f"{exc.filename}: " if exc.filename else ""
+        if exc.errno in DISK_FULL_ERRNOS and not exc.filename:
+            return (f"{exc.strerror} (a file system this command writes to is full; `df -h` shows which); free "
+                    f"space there and run the command again")
         return f"{where}{exc.strerror}"
     return str(exc) or type(exc).__name__
 

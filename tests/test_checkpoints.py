@@ -9,12 +9,26 @@ import pytest
 from msdn.checkpoint import CHECKPOINT_FILE
 
 
+def _zip(content: bytes) -> bytes:
+    """A small zip archive, the format torch.save writes (its end record comes last)."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("state", content)
+    return buffer.getvalue()
+
+
+STATE = _zip(b"state")
+
+
 def _checkpoint_folder(trial_dir, name: str, written_at: float):
     import os
 
     folder = trial_dir / name
     folder.mkdir(parents=True)
-    (folder / CHECKPOINT_FILE).write_bytes(b"state")
+    (folder / CHECKPOINT_FILE).write_bytes(STATE)
     os.utime(folder / CHECKPOINT_FILE, (written_at, written_at))
     return folder
 
@@ -52,6 +66,28 @@ def test_the_newest_written_checkpoint_wins_over_what_tunes_record_names(tmp_pat
     assert _restorable(named, tmp_path) == (str(newest), True)
 
 
+def test_a_checkpoint_a_full_disk_cut_short_is_passed_over(tmp_path):
+    """Tune's copy to storage stopped by "No space left on device": the newest file is there but incomplete
+    (or empty); the trial resumes from the checkpoint before it instead of failing on the fragment."""
+    import torch
+
+    named = _checkpoint_folder(tmp_path, "checkpoint_000001", 1000)
+    whole = tmp_path / "whole.pt"
+    torch.save({"model": torch.zeros(1000)}, whole)
+    for fragment in (whole.read_bytes()[:len(whole.read_bytes()) // 2], b""):
+        cut = _checkpoint_folder(tmp_path, "checkpoint_000002", 2000)
+        (cut / CHECKPOINT_FILE).write_bytes(fragment)
+        assert _restorable("checkpoint_000001", tmp_path) == (str(named), False)
+        (cut / CHECKPOINT_FILE).unlink()
+        cut.rmdir()
+    complete = _checkpoint_folder(tmp_path, "checkpoint_000002", 2000)
+    (complete / CHECKPOINT_FILE).write_bytes(whole.read_bytes())  # the same file whole: resumed from
+    import os
+
+    os.utime(complete / CHECKPOINT_FILE, (2000, 2000))
+    assert _restorable("checkpoint_000001", tmp_path) == (str(complete), True)
+
+
 def test_a_named_checkpoint_with_none_left_in_the_folder_is_an_error_naming_it(tmp_path):
     (tmp_path / "checkpoint_000002").mkdir()
     with pytest.raises(FileNotFoundError, match=f"checkpoint_000001 is missing and {tmp_path} holds no other"):
@@ -68,7 +104,7 @@ def test_deleted_checkpoint_folders_below_a_trials_newest_are_filled_with_empty_
     assert fill_deleted_checkpoint_folders(str(tmp_path)) == 3
     assert sorted(p.name for p in (tmp_path / "trial_a").iterdir()) == [f"checkpoint_{n:06d}" for n in range(5)]
     assert all(not any((tmp_path / "trial_a" / f"checkpoint_{n:06d}").iterdir()) for n in range(3))  # empty
-    assert all((k / CHECKPOINT_FILE).read_bytes() == b"state" for k in kept)
+    assert all((k / CHECKPOINT_FILE).read_bytes() == STATE for k in kept)
     assert sorted(p.name for p in (tmp_path / "trial_b").iterdir()) == ["checkpoint_000000"]
     assert not any((tmp_path / "trial_c").iterdir())
     assert fill_deleted_checkpoint_folders(str(tmp_path)) == 0  # nothing left to fill

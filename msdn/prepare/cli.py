@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import shlex
 import shutil
 from pathlib import Path
 from typing import Sequence
 
 from ..config import REAL_DATASETS
-from ..cli import cli_entry, command_parser, device_flag
+from ..cli import cli_entry, command_parser, device_flag, is_disk_full
 from ..data import DataError, benchmark_paths, load_benchmark
 from ..fsutil import atomic_path
 from ..progress import Progress, silent, to_stderr
@@ -36,7 +38,33 @@ def _copy_att_splits(src: Path, dst: Path) -> None:
 
 
 def main(args: argparse.Namespace, progress: Progress = to_stderr) -> Path:
-    """Prepare one dataset under args.out; return the HDF5 path. Raises DataError for bad inputs."""
+    """Prepare one dataset under args.out; return the HDF5 path. Raises DataError for bad inputs.
+
+    A full disk under --out (HDF5 and the cache say so in their own wordings, mostly without OSError) is a
+    DataError naming the file and the free space: what was extracted is kept, the same command continues.
+    """
+    try:
+        return _prepare(args, progress)
+    except (OSError, RuntimeError) as exc:
+        if not is_disk_full(exc):
+            raise
+        raise DataError(disk_full_message(args, exc)) from None
+
+
+def disk_full_message(args: argparse.Namespace, exc: BaseException) -> str:
+    """Which file the full disk stopped, how much is free there, and how to continue."""
+    found = re.search(r"filename = '([^']+)'", str(exc)) or re.search(r"filename = '([^']+)'", str(exc.__context__))
+    where = Path(getattr(exc, "filename", None) or (found.group(1) if found else args.out))
+    folder = next((p for p in (where, *where.parents) if p.is_dir()), Path("."))
+    free = shutil.disk_usage(folder).free
+    shown = f"{free / 2**30:.2f} GiB" if free >= 2**30 else f"{free / 2**20:.1f} MiB"
+    return (f"{where}: no space left on device ({shown} free there); expected room for the features and the "
+            f"float16 cache (see 'Disk space' in docs/prepare.md: e.g. CUB needs 28.4 GB as float32, 18.9 GB as "
+            f"float16). The images extracted so far are kept: free space, or choose another --out, then run the same "
+            f"command again; it continues from the last complete batch.")
+
+
+def _prepare(args: argparse.Namespace, progress: Progress) -> Path:
     import torch
 
     say = progress or silent
@@ -104,7 +132,7 @@ def main(args: argparse.Namespace, progress: Progress = to_stderr) -> Path:
     _copy_att_splits(x.att_splits, bp.att_splits)
     # The loaders validate every key against att_splits.mat and build the float16 cache (a full read, NaN check).
     bench = load_benchmark(args.dataset, args.out, progress=progress)
-    say(f"ready: --dataset {args.dataset} --data-root {args.out} ({bench.features.shape[0]} images, "
+    say(f"ready: --dataset {args.dataset} --data-root {shlex.quote(str(args.out))} ({bench.features.shape[0]} images, "
         f"{bench.feature_shape[0]} regions x {bench.feature_shape[1]} channels)")
     return final
 

@@ -7,8 +7,10 @@ killed at any point continues from the last complete batch when started again wi
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -27,27 +29,48 @@ FORMAT_VERSION = 1
 PROGRESS_SECONDS = 10.0
 # Test hook: SIGKILL the process after this many flushed batches (an honest crash, for the resume test).
 STOP_ENV = "MSDN_PREPARE_STOP_AFTER_CHUNKS"
+SPACE_MARGIN = 1 << 20  # bytes kept free beyond a batch's features, for HDF5's own metadata
 
 
 class ImageFiles:
-    """A map-style dataset of (index, normalised image tensor) for images[start:]."""
+    """A map-style dataset of (index, normalised image tensor, error) for images[start:].
+
+    Every mode PIL reads becomes RGB as in torchvision's loader (`convert("RGB")`: greyscale repeated,
+    CMYK and palette images converted, an alpha channel dropped). An image that cannot be read gives a
+    zero tensor and the error in words: raised in a loader worker, it would reach the user wrapped in
+    torch's "Caught DataError in DataLoader worker process" and the worker's traceback. `extract` raises it.
+    """
 
     def __init__(self, paths: Sequence[Path], start: int, size: int):
-        self.paths, self.start, self.transform = list(paths), start, image_transform(size)
+        self.paths, self.start, self.size, self.transform = list(paths), start, size, image_transform(size)
 
     def __len__(self) -> int:
         return len(self.paths) - self.start
 
     def __getitem__(self, i: int):
+        import torch
         from PIL import Image
 
         path = self.paths[self.start + i]
         try:
             with Image.open(path) as img:
                 rgb = img.convert("RGB")
-        except Exception as exc:
-            raise DataError(f"{path}: cannot read as an image ({type(exc).__name__}: {exc})") from None
-        return self.start + i, self.transform(rgb)
+            return self.start + i, self.transform(rgb), ""
+        except Exception as exc:  # noqa: BLE001 - any failure to read the file is the file's, said by name
+            return self.start + i, torch.zeros(3, self.size, self.size), image_error(path, exc)
+
+
+def image_error(path: Path, exc: BaseException) -> str:
+    """One paragraph: which image could not be read, why, and what to do."""
+    from PIL import UnidentifiedImageError
+
+    if isinstance(exc, UnidentifiedImageError):
+        why = "not an image file PIL can read (empty, damaged or another format)"
+    else:
+        why = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else 'unreadable'}"
+    return (f"{path}: cannot read as an image ({why}); expected a complete JPEG/PNG image. Replace it with an "
+            f"intact copy and run the same command again: the images before it are kept and extraction continues "
+            f"from the last complete batch.")
 
 
 def run_signature(args: argparse.Namespace, x: Xlsa17, weights: Weights, shape: tuple[int, int, int]) -> dict:
@@ -148,7 +171,10 @@ def extract(args: argparse.Namespace, paths: Sequence[Path], partial: Path, sign
         t0 = last = time.perf_counter()
         done, chunks = start, 0
         with torch.inference_mode():
-            for idx, batch in loader:
+            for idx, batch, errors in loader:
+                failed = next((error for error in errors if error), None)
+                if failed:
+                    raise DataError(failed)
                 out = backbone(batch.to(device, non_blocking=True)).float().cpu().numpy()
                 s, e = int(idx[0]), int(idx[-1]) + 1
                 if e - s != len(idx) or s != done or out.shape[1:] != shape:
@@ -160,6 +186,11 @@ def extract(args: argparse.Namespace, paths: Sequence[Path], partial: Path, sign
                 if dtype == np.float16 and np.abs(out).max() > FLOAT16_MAX:
                     raise DataError(f"images {s}..{e - 1}: features up to {np.abs(out).max():.6g} exceed the float16 "
                                     "range; use --dtype float32")
+                batch_bytes = len(idx) * int(np.prod(shape)) * dtype.itemsize
+                if shutil.disk_usage(partial.parent).free < batch_bytes + SPACE_MARGIN:
+                    # Said before HDF5 meets the full disk: it then fails on every later flush, and its file
+                    # object can crash the interpreter when released; this way the file closes consistent.
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(partial))
                 fm[s:e] = out.astype(dtype)
                 f.flush()  # the features first, then the counter that declares them complete
                 f.attrs["images_done"] = done = e

@@ -40,7 +40,13 @@ def image_tail(dataset: str, stored: str) -> str:
     if m is None:
         raise DataError(f"image path {stored!r}: found no {dataset} image folder in it; expected a path ending "
                         f"like {LAYOUTS[dataset].example}")
-    return norm[m.end():]
+    tail = norm[m.end():]
+    if ".." in tail.split("/"):
+        # Looked up under --images, `..` would read a file outside it (e.g. JPEGImages/../../x.jpg).
+        raise DataError(f"image path {stored!r} (res101.mat, image_files): its part inside the {dataset} image "
+                        f"folder, {tail!r}, leaves that folder; expected a path ending like "
+                        f"{LAYOUTS[dataset].example}, with no '..' after the image folder. Nothing was extracted.")
+    return tail
 
 
 def map_image_paths(dataset: str, stored: Sequence[str], images: str | Path) -> list[Path]:

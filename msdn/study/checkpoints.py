@@ -8,7 +8,8 @@ named folder is gone, and would redo the epochs after an older one. So:
 
 - before `Tuner.restore`, `fill_deleted_checkpoint_folders` (driver) puts an empty folder where a
   deleted checkpoint was, so that Tune's restore reaches the trainable;
-- the trainable resumes from `restorable_checkpoint`: the newest checkpoint the folder holds.
+- the trainable resumes from `restorable_checkpoint`: the newest whole checkpoint the folder holds
+  (one that a full disk cut short is passed over).
 
 What a checkpoint file holds, and its name, are `msdn.checkpoint`'s; this module knows only Tune's folders.
 """
@@ -19,6 +20,7 @@ import re
 from msdn.checkpoint import CHECKPOINT_FILE  # what a trial's checkpoint folder holds (msdn.train.Trainer.save)
 
 _FOLDER = re.compile(r"checkpoint_(\d+)")  # Tune's name for a trial's n-th checkpoint
+ZIP_END = b"PK\x05\x06"  # the end-of-archive record of a zip file (torch.save's format)
 
 
 def _checkpoint_folders(fs, trial_dir: str) -> dict[int, str]:
@@ -45,7 +47,7 @@ def restorable_checkpoint(named, trial_dir: str, fs):
 
     folders = _checkpoint_folders(fs, trial_dir).values()
     files = [info for info in fs.get_file_info([f"{folder}/{CHECKPOINT_FILE}" for folder in folders])
-             if info.type == pafs.FileType.File]
+             if info.type == pafs.FileType.File and is_complete(fs, info)]
     if not files:
         if named is None:
             return None, False
@@ -58,6 +60,21 @@ def restorable_checkpoint(named, trial_dir: str, fs):
         if named_file and (named_file[0].mtime_ns or 0) >= (newest.mtime_ns or 0):
             return named, False
     return tune.Checkpoint(newest_dir, filesystem=fs), True
+
+
+def is_complete(fs, info) -> bool:
+    """Whether a checkpoint file (a pyarrow FileInfo on `fs`) is whole: torch.save writes a zip archive, whose
+    end record comes last. A full disk cuts Tune's copy of a checkpoint to storage short; such a file is
+    never resumed from (the trial resumes from its previous checkpoint instead)."""
+    if not info.size:
+        return False
+    tail = min(info.size, 1 << 16)
+    try:
+        with fs.open_input_file(info.path) as f:
+            f.seek(info.size - tail)
+            return ZIP_END in f.read(tail)
+    except OSError:
+        return False
 
 
 def fill_deleted_checkpoint_folders(experiment_uri: str) -> int:

@@ -1,5 +1,10 @@
 """The Ray side of a study: connecting, sizing trials, and checking every node before trials start.
 
+Before anything is started on it, the cluster must be able to hold a trial at all: `connect_ray` probes
+an `--address` for a Ray head in seconds (Ray's own connect retries a dead address without end), and
+`trial_resources` refuses a trial shape (`--cpus-per-trial`, `--gpus-per-trial`) that no node has or
+can ever get: Tune would wait for it forever.
+
 On a multi-node cluster, Tune's storage and the data root must be reachable from every node;
 `check_cluster_storage_and_data` proves it (a probe file or, for s3:// / gs://, a probe object that
 each node reads with its own credentials; a data load per node) and builds each
@@ -7,38 +12,136 @@ node's feature cache once, so a misconfigured cluster fails in seconds with a me
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Callable
 
 from msdn.progress import Progress
+from msdn.study.capacity import check_trial_fits
 from msdn.study.options import S3_ENVIRONMENT, StudyError, StudyOptions, is_uri
+
+ADDRESS_TIMEOUT_S = 5.0  # a Ray head answers the probe in milliseconds; a firewall drops it silently
+ADDRESS_EXPECTED = ("expected the Ray head's GCS address HOST:PORT (port 6379 unless `ray start --head --port` chose "
+                    "another), 'auto' on a node of the cluster, or ray://HOST:10001 for Ray Client")
 
 
 def connect_ray(address: str | None, log_to_driver: bool = True) -> str | None:
     """Join the cluster at `address`, or start a local Ray when it is None (once per process).
 
     Returns Ray's session folder (its logs are under it), or None when this process had joined Ray before.
+    A cluster that cannot be joined is a StudyError naming --address, in seconds.
     """
     import ray
 
     if ray.is_initialized():
         return None
+    # Tune records every trial's error itself (its error file, the console); without this Ray prints a failed
+    # trial's traceback once more at exit, after the study's own one-paragraph error.
+    os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
     if address:
-        context = ray.init(address=address, log_to_driver=log_to_driver)
+        check_ray_address(address)
+        try:
+            context = ray.init(address=address, log_to_driver=log_to_driver)
+        except (ConnectionError, RuntimeError, ValueError) as exc:  # e.g. Ray Client's timeout, another Ray version
+            raise StudyError(f"--address {address}: cannot join the Ray cluster there ({_first_line(exc)}); "
+                             f"{ADDRESS_EXPECTED}") from None
     else:
+        if os.environ.get("RAY_ADDRESS"):  # ray.init() joins it instead of starting a local Ray
+            check_ray_address(os.environ["RAY_ADDRESS"], "the environment variable RAY_ADDRESS")
         context = ray.init(include_dashboard=False, log_to_driver=log_to_driver)
     return (getattr(context, "address_info", None) or {}).get("session_dir")
 
 
-def trial_resources(opts: StudyOptions) -> dict[str, float]:
-    """CPU and GPU share of one trial: the flags, or one GPU per trial when the cluster has GPUs."""
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def check_ray_address(address: str, name: str = "--address") -> None:
+    """A Ray head (or a Ray Client server, for ray://) must answer at `address` within ADDRESS_TIMEOUT_S.
+
+    One gRPC call (the GCS's GetClusterId): a head answers it, or refuses it for want of the auth token,
+    which proves a head all the same; ray.init then does the real joining.
+    """
+    if "://" in address and not address.startswith("ray://"):
+        raise StudyError(f"{name} {address}: not an address a study can join; {ADDRESS_EXPECTED}. An http:// "
+                         f"address is the dashboard's, for `ray job submit --address`.")
+    if os.environ.get("RAY_USE_TLS", "").lower() in ("1", "true"):
+        return  # a TLS head refuses a plaintext probe; ray.init, with Ray's certificates, is the only check then
+    target = address
+    if address == "auto":
+        target = _auto_address(name)
+        if target is None:
+            return  # this Ray cannot say what 'auto' means: ray.init alone decides
+    client = target.startswith("ray://")
+    hostport = target[len("ray://"):] if client else target
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise StudyError(f"{name} {address}: no port given; {ADDRESS_EXPECTED}")
+    code, detail = _grpc_probe(hostport, ADDRESS_TIMEOUT_S)
+    shown = address if target == address else f"{address} ({target})"
+    if code == "OK" or code == "UNAUTHENTICATED" or (client and code not in ("UNAVAILABLE", "DEADLINE_EXCEEDED")):
+        return  # a head (refusing a call without the cluster's auth token is a head too), or a Ray Client server
+    if code == "DEADLINE_EXCEEDED":
+        why = f"no answer within {ADDRESS_TIMEOUT_S:.0f} s"
+    elif "resolving" in detail:
+        why = f"cannot resolve the host name {host!r}"
+    else:
+        why = detail.rsplit(": ", 1)[-1] if "last error" in detail else f"{code}: {detail}"
+    if code in ("UNAVAILABLE", "DEADLINE_EXCEEDED") and "HTTP/2" not in detail:
+        raise StudyError(f"{name} {shown}: no Ray cluster answers there ({why}); {ADDRESS_EXPECTED}. Is the cluster "
+                         f"running (`ray status` on its head node) and the port reachable from here?")
+    raise StudyError(f"{name} {shown}: something answers there, but not a Ray head ({why}); {ADDRESS_EXPECTED} "
+                     f"(a Ray Client port needs the ray:// prefix)")
+
+
+def _auto_address(name: str) -> str | None:
+    """What 'auto' means to ray.init: RAY_ADDRESS, or the cluster last started on this machine (Ray 2.60's
+    private `canonicalize_bootstrap_address`, the function ray.init itself calls; None without it)."""
+    from msdn.study.ray_private import auto_address_resolver
+
+    canonicalize_bootstrap_address = auto_address_resolver()
+    if canonicalize_bootstrap_address is None:
+        return None
+    try:
+        target = canonicalize_bootstrap_address("auto")
+    except (ConnectionError, ValueError) as exc:
+        raise StudyError(f"{name} auto: {_first_line(exc)}; start one with `ray start --head`, or "
+                         f"{ADDRESS_EXPECTED}") from None
+    if not target:
+        raise StudyError(f"{name} auto: found no running Ray cluster on this machine; {ADDRESS_EXPECTED}")
+    return target
+
+
+def _grpc_probe(hostport: str, timeout: float) -> tuple[str, str]:
+    """(gRPC status name, details) of one GetClusterId call to `hostport` (a GCS answers OK)."""
+    import grpc
+
+    # Ray's own connections ignore http(s)_proxy; so does the probe.
+    channel = grpc.insecure_channel(hostport, options=[("grpc.enable_http_proxy", 0)])
+    call = channel.unary_unary("/ray.rpc.NodeInfoGcsService/GetClusterId", request_serializer=lambda m: m,
+                               response_deserializer=lambda b: b)
+    try:
+        call(b"", timeout=timeout)  # an empty GetClusterIdRequest
+        return "OK", ""
+    except grpc.RpcError as exc:
+        return exc.code().name, (exc.details() or "").strip()
+    finally:
+        channel.close()
+
+
+def trial_resources(opts: StudyOptions, progress: Progress = print) -> dict[str, float]:
+    """CPU and GPU share of one trial: the flags, or one GPU per trial when the cluster has GPUs.
+
+    Refused (StudyError) when no node of the cluster can ever hold it (`check_trial_fits`).
+    """
     import ray
 
     gpus_available = ray.cluster_resources().get("GPU", 0)
     gpus = opts.gpus_per_trial if opts.gpus_per_trial is not None else (1.0 if gpus_available else 0.0)
-    if gpus > 0 and not gpus_available:
-        raise StudyError(f"--gpus-per-trial {gpus}: the Ray cluster has no GPUs")
-    return {"cpu": opts.cpus_per_trial, "gpu": gpus}
+    resources = {"cpu": opts.cpus_per_trial, "gpu": gpus}
+    check_trial_fits(resources, joined=bool(opts.address), progress=progress)
+    return resources
 
 
 def default_concurrency(resources: dict[str, float]) -> int:

@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 from msdn.config import default_config
 from msdn.progress import Progress
+from msdn.study.diskspace import TRACKING_WAIT_S, disk_full_error
 from msdn.study.logs import LOG_NAME
 from msdn.study.options import StudyFailed, StudyOptions, experiment_path, is_uri
 from msdn.study.outcome import FAILED, StudyOutcome
@@ -87,6 +88,7 @@ def conclude(end: StudyEnd, fit: Callable[[], list[TrialRecord]]) -> StudyOutcom
     opts, space, parent, callback, stop = end.opts, end.space, end.parent, end.callback, end.ends.stop
     outcome = new_outcome(end)
     files = Path(tempfile.mkdtemp(prefix="msdn-study-"))  # plots and summary, kept until the writer has logged them
+    disk_full = None  # a DiskFullError, when the study ends on a full disk
     try:
         records = fit()
         outcome.trials = trial_summaries(records, space.metric, space.mode, opts.max_epochs, ended=end.ends.states,
@@ -105,13 +107,17 @@ def conclude(end: StudyEnd, fit: Callable[[], list[TrialRecord]]) -> StudyOutcom
         # Never leave runs RUNNING; a study that failed before any trial ran leaves nothing that blocks a retry.
         outcome.state, outcome.error = FAILED, f"{type(exc).__name__}: {exc}"
         callback.close_open_runs("FAILED", {t.trial_id: t.state for t in outcome.trials})
+        disk_full = disk_full_error(opts, exc)
         if not opts.resume and remove_unstarted_experiment(opts):
             end.show(f"the study failed before any trial ran ({type(exc).__name__}); removed Tune's files from "
                      f"{experiment_path(opts)} (its log stays), so the same command can run again")
+        if disk_full is not None:
+            raise disk_full from None
         raise
     finally:
         parent.end(outcome)  # the study's state and description, however it ended
-        outcome.unlogged = parent.close(opts.tracking_timeout)
+        # On a full disk MLflow may never take the last lines: wait briefly, and say so, rather than for minutes.
+        outcome.unlogged = parent.close(min(opts.tracking_timeout, TRACKING_WAIT_S) if disk_full else opts.tracking_timeout)
         outcome.dropped, outcome.tracking_error = list(parent.writer.dropped), parent.writer.last_error
         shutil.rmtree(files, ignore_errors=True)
         for line in unlogged_lines(outcome):

@@ -120,7 +120,7 @@ class StudyLog:
         import mlflow  # noqa: F401  (MLflow gives its loggers console handlers when imported: before rerouting)
 
         path.parent.mkdir(parents=True, exist_ok=True)
-        file = logging.FileHandler(path, mode="a", encoding="utf-8")
+        file = LogFile(path, mode="a", encoding="utf-8")
         file.setFormatter(logging.Formatter(FORMAT))
         file.setLevel(logging.INFO)
         file.handle(logging.makeLogRecord({"name": CONSOLE_LOGGER, "levelno": logging.INFO, "levelname": "INFO",
@@ -178,6 +178,29 @@ class StudyLog:
         for name, handler in self._ray_printers:
             ray_private.add_worker_output_handler(name, handler)
         self._capturing, self._ray_printers = False, []
+
+
+class LogFile(logging.FileHandler):
+    """The study's log file. A write that fails (a full disk) is said once on stderr, instead of logging's
+    traceback for every line; later lines are tried again, so the file continues once there is space."""
+
+    failed = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, OSError):
+            super().handleError(record)
+            return
+        if not self.failed:
+            self.failed = True
+            sys.stderr.write(f"warning: cannot write the study's log file {self.baseFilename} "
+                             f"({exc.strerror or exc}); its lines are missing from there on\n")
+
+    def close(self) -> None:
+        try:
+            super().close()  # flushes: fails again on a full disk, after the warning above
+        except OSError:
+            self.stream = None
 
 
 def _write_worker_lines(batch: dict[str, Any], alert: Progress) -> None:

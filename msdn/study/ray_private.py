@@ -111,3 +111,35 @@ def optuna_trials(searcher) -> dict[str, Any]:
 def completed_trial_ids(searcher) -> set[str]:
     """The Tune trial ids an OptunaSearch has been told are complete (a set it keeps; add to it as it does)."""
     return searcher._completed_trials
+
+
+# -- the autoscaler's node types -------------------------------------------------------------------------------------
+def reported_cluster_config() -> Any | None:
+    """The cluster config an autoscaler reported to the GCS (its node groups and their resources), or None.
+
+    Why: a trial no node type can ever hold must be refused before the study waits for it forever
+    (`msdn.study.capacity`), and Ray 2.60 has no public API for the node types an autoscaler may start.
+    Uses `ray._private.state.state.get_cluster_config()` (ray 2.60.0; Ray Train and Ray Data read it for the
+    same check). None when the name is gone or the call fails: the node types are then "not known".
+    """
+    try:
+        from ray._private.state import state
+
+        return state.get_cluster_config()
+    except Exception:  # a private API: its absence or failure means "not known", never a failed study
+        return None
+
+
+# -- what `--address auto` means -------------------------------------------------------------------------------------
+def auto_address_resolver() -> Callable[[str], Any] | None:
+    """Ray's own resolution of an address such as "auto" (RAY_ADDRESS, or the cluster last started here), or None.
+
+    Why: the study checks that the head answers before `ray.init`, which retries a dead address forever, and
+    must resolve "auto" exactly as `ray.init` does. Uses `ray._private.services.canonicalize_bootstrap_address`
+    (ray 2.60.0), the function `ray.init` itself calls. None when the name is gone: "auto" is then not checked.
+    """
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+    except ImportError:
+        return None
+    return canonicalize_bootstrap_address

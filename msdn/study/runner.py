@@ -21,6 +21,7 @@ from msdn.study.cluster import (check_cluster_storage_and_data, cluster_tags, co
                                 trial_resources)
 from msdn.study.conclude import StudyEnd, base_config, conclude
 from msdn.study.console import TrialCounter, is_terminal, study_display
+from msdn.study.diskspace import disk_guard
 from msdn.study.interrupt import StopRequests, forward_stop_callback
 from msdn.study.logs import StatusTable, StudyLog, log_path
 from msdn.study.options import StudyOptions, StudyRequest, experiment_path, resolve_options
@@ -136,8 +137,8 @@ def _run(request: StudyRequest, stop: StopRequests, progress: Progress, log: Stu
     session = connect_ray(opts.address, log_to_driver=opts.verbose or not client)
     log.capture_worker_output(session, remote=bool(opts.address), alert=progress)
     stop.install()  # again: ray.init replaced the SIGTERM handler with one that exits at once
+    resources = trial_resources(opts, progress)  # refuses a trial no node can ever hold, before any other work
     check_cluster_storage_and_data(opts, progress)
-    resources = trial_resources(opts)
     parent = ParentRun.open(opts, space, cluster=cluster_tags(), progress=progress)
     concurrency = opts.max_concurrent or default_concurrency(resources)
     for line in start_lines(opts, resources, concurrency, parent.experiment_id, parent.run_id):
@@ -151,7 +152,7 @@ def _run(request: StudyRequest, stop: StopRequests, progress: Progress, log: Stu
         counter = TrialCounter(study_display(progress, space.metric, live=live, verbose=opts.verbose),
                                total=opts.num_samples, max_epochs=opts.max_epochs, metric=space.metric,
                                mode=space.mode, key_params=space.param_names, stop=stop, ends=ends)
-        tuner = build_tuner(opts, space, resources, [callback, forward_stop_callback(stop), counter],
+        tuner = build_tuner(opts, space, resources, [callback, forward_stop_callback(stop), counter, disk_guard(opts)],
                             base_config(opts, space))
         with stop.tuning(), counter:
             return trial_records(tuner.fit())

@@ -57,6 +57,34 @@ def check_journal(path: Path, *, resume: bool) -> None:
     if not resume and path.exists():
         raise StudyError(f"{path} exists, from an earlier study of the same name; expected no Optuna journal for a "
                          f"new study: continue that study with --resume, choose another --experiment, or remove it")
+    if resume:
+        drop_cut_entry(path)
+
+
+def drop_cut_entry(path: Path) -> bool:
+    """Remove a last journal entry that a full disk (or a kill) cut short; True when there was one.
+
+    Optuna appends one JSON line per operation and never acknowledged a line without its newline: without
+    this, the next entry appended to the fragment would make the whole journal unreadable.
+    """
+    with open(path, "rb+") as f:
+        size = f.seek(0, 2)
+        if size == 0:
+            return False
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return False
+        keep, position = 0, size
+        while position > 0 and not keep:
+            start = max(0, position - (1 << 16))
+            f.seek(start)
+            block = f.read(position - start)
+            cut = block.rfind(b"\n")
+            if cut >= 0:
+                keep = start + cut + 1
+            position = start
+        f.truncate(keep)
+    return True
 
 
 def journal_storage(path: Path, *, resume: bool) -> JournalStorage:
