@@ -64,12 +64,23 @@ def start_lines(opts: StudyOptions, resources: dict[str, float], concurrency: in
 def command_lines(prefix: str, command: str, width: int = COMMAND_WIDTH) -> list[str]:
     """`prefix + command` on one line, or, when wider than `width`, broken before its last option with a
     shell line continuation, so that it still pastes as one command (never inside a quoted argument)."""
-    cut = command.rfind(" --")
-    while cut > 0 and command[:cut].count("'") % 2:  # inside shlex.quote's quotes: a path's own " --"
-        cut = command.rfind(" --", 0, cut)
+    cut = max(_option_starts(command), default=-1)
     if len(prefix) + len(command) <= width or cut <= 0:
         return [prefix + command]
     return [f"{prefix}{command[:cut]} \\", " " * (len(prefix) + 4) + command[cut + 1:]]
+
+
+def _option_starts(command: str) -> list[int]:
+    """Where " --" begins an option in `command`, not inside a quoted argument (a path's own " --")."""
+    starts, quote = [], None
+    for i, char in enumerate(command):
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif command.startswith(" --", i):
+            starts.append(i)
+    return starts
 
 
 def wrap_lines(text: str, width: int = WIDTH) -> list[str]:

@@ -32,7 +32,7 @@ from msdn.study.report import start_lines, study_header
 from msdn.study.results import TrialEnds, TrialRecord, trial_records
 from msdn.study.search_space import SearchSpace
 from msdn.study.searcher import StudySearcher, check_journal, journal_path
-from msdn.study.started import check_resume, write_record
+from msdn.study.started import StartRecord, check_resume, write_record
 from msdn.study.tracking.parent import ParentRun, trial_tags
 from msdn.study.trainable import DataSpec, train_msdn
 
@@ -126,18 +126,18 @@ def run_study(request: StudyRequest, *, progress: Progress = print) -> StudyOutc
 
 
 def _run(request: StudyRequest, stop: StopRequests, progress: Progress, log: StudyLog, live: bool) -> StudyOutcome:
-    opts, space = resolve_options(request)
-    with study_lock(opts):  # a second start of the study ends here, before it writes anything
-        return _run_locked(opts, space, stop, progress, log, live)
+    opts, space = resolve_options(request)  # refuses a second start of a running study too (its lock is held)
+    started = check_resume(opts)  # --resume: options it keeps must not change (None: a new or unrecorded study)
+    with study_lock(opts):  # two starts that passed the checks together: the second ends here, having written nothing
+        return _run_locked(opts, space, started, stop, progress, log, live)
 
 
-def _run_locked(opts: StudyOptions, space: SearchSpace, stop: StopRequests, progress: Progress, log: StudyLog,
-                live: bool) -> StudyOutcome:
+def _run_locked(opts: StudyOptions, space: SearchSpace, started: StartRecord | None, stop: StopRequests,
+                progress: Progress, log: StudyLog, live: bool) -> StudyOutcome:
     from msdn.data import load_benchmark
 
     show = progress or (lambda _message: None)
     check_storage(opts)  # again, under the lock: a study that started or ended meanwhile
-    started = check_resume(opts)  # --resume: options it keeps must not change (None: a new or unrecorded study)
     log.open(log_path(opts))
     for line in study_header(opts, space, str(log.path)):
         show(line)

@@ -25,6 +25,7 @@ from msdn.yamlfile import read_yaml, shown
 RECORD_FILE = "study_request.json"
 RECORD_VERSION = 1
 SHOWN_DIFFERENCES = 6  # of a search space's differing keys, the first ones named
+OPTION_CHARS = 500  # an option's value in a message, cut beyond this (paths and URIs are shown whole up to it)
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ def _value(f: Field, value: Any) -> str:
         return "given" if value != flag.negated else "not given"
     if value is None:
         return f"not given ({flag.unset})" if flag.unset else "not given"
-    return shown(value, bare=True)
+    return shown(value, OPTION_CHARS, bare=True)
 
 
 def _flat(value: Any, prefix: str = "") -> dict[str, Any]:

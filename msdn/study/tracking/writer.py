@@ -5,12 +5,13 @@ server never stalls the trials. Operations run in the order they were submitted 
 before its metrics, ended after them). An operation that fails for a reason that can pass (the
 server is down or busy, the SQLite file is locked) is retried with a growing pause, up to
 `MAX_PAUSE_S`, until it succeeds; one refused by the store for good (an invalid value) is recorded
-and dropped, and so is one that failed for want of disk space (the store's file or artifact folder, or
-the server's disk, is full: retrying would hold up everything queued behind it, the run-ending
-operations too), reported once with the full location. `close(timeout)` waits that long for the queue
-to drain; an operation submitted as `final` (ending the parent run) is still tried once at that
-deadline, whatever is stuck before it; `close` returns the operations that could not be logged, so the
-study can say what is missing (the trials' results are in Tune's storage either way).
+and dropped. One that failed for want of disk space (the store's file or artifact folder, or the
+server's disk, is full) is given up at once: retrying it would hold up everything queued behind it, the
+run-ending operations too; the console says once where the space ran out, and `last_error` keeps it.
+`close(timeout)` waits that long for the queue to drain; an operation submitted as `final` (ending the
+parent run) is still tried once at that deadline, whatever is stuck before it; `close` returns the
+operations that could not be logged (given up, or still queued), so the study can say what is missing
+and exit 3 (the trials' results are in Tune's storage either way).
 """
 from __future__ import annotations
 
@@ -77,9 +78,8 @@ class TrackingWriter:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
         self.tracking_uri = tracking_uri
         self.progress = progress
-        self.refused: list[str] = []  # operations the store refused for good, with the reason
-        self.no_space: list[str] = []  # operations given up for want of disk space
-        self.no_space_reason: str | None = None  # where the space ran out, the first time
+        self.dropped: list[str] = []  # operations the store refused for good, with the reason
+        self.no_space: list[str] = []  # operations given up for want of disk space (not logged: `close` returns them)
         self.last_error: str | None = None
         self._queue: collections.deque[Operation] = collections.deque()
         self._cond = threading.Condition()
@@ -88,15 +88,6 @@ class TrackingWriter:
         self._busy = False
         self._thread = threading.Thread(target=self._drain, name="mlflow-writer", daemon=True)
         self._thread.start()
-
-    @property
-    def dropped(self) -> list[str]:
-        """What was not logged and will not be retried, with why: each refusal, and the operations given up for want
-        of space in one item (during a long study on a full disk they are many)."""
-        if not self.no_space:
-            return list(self.refused)
-        shown = "; ".join(self.no_space[:3]) + (f"; ... ({len(self.no_space) - 3} more)" if len(self.no_space) > 3 else "")
-        return [*self.refused, f"{len(self.no_space)} item(s) for want of disk space ({self.no_space_reason}): {shown}"]
 
     def submit(self, what: str, run: Callable[[Any], None], *, final: bool = False) -> None:
         """Queue an operation; returns at once. `final`: it ends a run (see Operation)."""
@@ -122,13 +113,14 @@ class TrackingWriter:
         return True
 
     def close(self, timeout: float) -> list[str]:
-        """Drain for up to `timeout` seconds, stop the thread, and return what could not be logged."""
+        """Drain for up to `timeout` seconds, stop the thread, and return what could not be logged: what was given up
+        for want of disk space, then what is still queued."""
         with self._cond:
             self._closing = True
             self._deadline = time.monotonic() + timeout
             self._cond.notify_all()
         self._thread.join(timeout + MAX_PAUSE_S + 30)
-        return self.pending()
+        return [*self.no_space, *self.pending()]
 
     # -- the background thread ----------------------------------------------------------------
     def _drain(self) -> None:
@@ -152,7 +144,7 @@ class TrackingWriter:
             except Exception as exc:  # noqa: BLE001 - any failure is either retried or recorded
                 reason = f"{type(exc).__name__}: {str(exc)[:300]}"
                 if is_permanent(exc):
-                    self.refused.append(f"{op.what} ({reason})")
+                    self.dropped.append(f"{op.what} ({reason})")
                     self._done(op)
                     continue
                 if is_disk_full(exc):
@@ -192,11 +184,12 @@ class TrackingWriter:
             self._cond.notify_all()
 
     def _give_up_for_space(self, op: Operation, exc: BaseException) -> None:
-        """Drop `op`, which failed for want of disk space; the first time, say where the space ran out."""
-        if self.no_space_reason is None:
-            self.no_space_reason = no_space_reason(self.tracking_uri, exc)
-            self._say(f"MLflow store {self.tracking_uri}: {self.no_space_reason}. What needs space there is not "
-                      f"logged (the trials' results stay in Tune's storage); free space to log again")
+        """Give `op` up, as it failed for want of disk space (the store's `last_error` says where it ran out, and the
+        console the first time)."""
+        if not self.no_space:
+            self._say(f"MLflow store {self.tracking_uri}: {no_space_reason(self.tracking_uri, exc)}. Items that fail "
+                      f"for want of space are given up, not retried (the trials' results stay in Tune's storage)")
+        self.last_error = no_space_reason(self.tracking_uri, exc)
         self.no_space.append(op.what)
         self._done(op)
 
