@@ -371,15 +371,15 @@ def running_error(opts: StudyOptions, holder: str) -> StudyError:
         f"plus --resume; or start another study with another --experiment")
 
 
-def check_storage(opts: StudyOptions) -> None:
+def check_storage(opts: StudyOptions, *, locked: bool = False) -> None:
     """No other process runs this study now; --resume needs an earlier study at the experiment path; a new study
-    must not overwrite one."""
+    must not overwrite one. `locked`: this process holds the study's lock (msdn.study.lock) and checks again."""
     from ray import tune
 
     from msdn.fsutil import lock_holder
 
-    holder = lock_holder(lock_path(opts))
-    if holder is not None:  # the same command again while the study runs: say so (msdn.study.lock)
+    holder = None if locked else lock_holder(lock_path(opts))
+    if holder is not None:  # the same command again while the study runs: say so, not "use --resume"
         raise running_error(opts, holder)
     path = experiment_path(opts)
     exists = tune.Tuner.can_restore(path)

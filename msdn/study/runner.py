@@ -137,7 +137,7 @@ def _run_locked(opts: StudyOptions, space: SearchSpace, started: StartRecord | N
     from msdn.data import load_benchmark
 
     show = progress or (lambda _message: None)
-    check_storage(opts)  # again, under the lock: a study that started or ended meanwhile
+    check_storage(opts, locked=True)  # again, under the lock: a study that started or ended meanwhile
     log.open(log_path(opts))
     for line in study_header(opts, space, str(log.path)):
         show(line)
