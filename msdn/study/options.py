@@ -100,13 +100,13 @@ class StudyRequest:
     """
 
     dataset: str = option(MISSING, "data", "benchmark to tune on", choices=DATASETS,
-                          kept="the trials ran on this benchmark")
+                          kept="the trials so far trained on this benchmark")
     data_root: str = option("data", "data", "folder holding the benchmarks", metavar="DIR")
 
     search_space: Path | None = option(None, "study", "YAML search space", metavar="FILE",
                                        unset="search_spaces/<dataset>.yaml in this repository",
-                                       kept="Tune and Optuna keep the space the study started with (its content is "
-                                            "compared; the file may move)")
+                                       kept="Tune and Optuna keep the space the study started with; its content is "
+                                            "compared, the file may move")
     num_samples: int = option(12, "study", "number of trials", metavar="N", low=1,
                               kept="Tune keeps the number of trials it was started with")
     max_epochs: int | None = option(None, "study", "epochs per trial", metavar="N", low=1,
@@ -114,7 +114,7 @@ class StudyRequest:
                                     kept="ASHA keeps its max_t, and the trials so far trained to it")
     protocol: str = option("val", "study", "val: tune on a validation split, refit and test once; paper: the "
                            "authors' test-every-epoch procedure", choices=PROTOCOLS,
-                           kept="the trials so far were selected on its split")
+                           kept="the trials so far were trained and measured on its split")
     seed: int = option(0, "study", "study seed (per-trial seeds derive from it)", metavar="N", low=0,
                        kept="the trials' and the refits' seeds derive from it")
     resume: bool = option(False, "study", "continue the study with this --experiment and --storage-path")
