@@ -59,7 +59,8 @@ def test_every_printed_command_pastes_with_its_path_as_one_argument(outcome):
 
 def test_a_long_quoted_path_is_never_broken_inside_its_quotes():
     path = f"{ROOT}/{'x' * 90}/best_config.yaml"
-    first, second = command_lines("  rerun it: ", f"python -m msdn.train --dataset synthetic --config {shlex.quote(path)}")
+    command = f"python -m msdn.train --dataset synthetic --config {shlex.quote(path)}"
+    first, second = command_lines("  rerun it: ", command)
     assert first.endswith("--dataset synthetic \\") and second.strip().startswith("--config '")
     assert words(first.split(": ", 1)[1] + "\n" + second)[-1] == path
 

@@ -53,7 +53,7 @@ def test_the_record_holds_every_option_the_space_and_the_concurrency(study):
     args, opts, record = study
     stored = json.loads((Path(opts.storage_path) / EXPERIMENT / RECORD_FILE).read_text())
     assert set(stored["options"]) == {f.name for f in FIELDS}
-    assert stored["options"]["num_samples"] == 6 and stored["options"]["search_space"] == args["search_space"].as_posix()
+    assert stored["options"]["num_samples"] == 6 and stored["options"]["search_space"] == str(args["search_space"])
     assert stored["search_space"]["asha"]["max_t"] == opts.max_epochs and stored["concurrency"] == 2
     assert re.fullmatch(r"pid \d+ on host \S+ at [\d-]+ [\d:]+", stored["started"])
     assert read_record(opts) == record
@@ -76,7 +76,8 @@ def test_resume_with_the_same_options_or_those_that_may_change(study, tmp_path):
     ({"max_epochs": 4}, "--max-epochs: started with 8, now 4 (ASHA keeps its max_t"),
     ({"refit_seeds": 5}, "--refit-seeds: started with 3, now 5"),
     ({"baseline": False}, "--no-baseline: started with not given, now given"),
-    ({"max_concurrent": 4}, "--max-concurrent: started with not given (as many as the cluster's resources hold), now 4"),
+    ({"max_concurrent": 4},
+     "--max-concurrent: started with not given (as many as the cluster's resources hold), now 4"),
     ({"reuse_workers": False}, "--no-reuse-workers: started with not given, now given"),
     ({"protocol": "paper"}, "--protocol: started with val, now paper"),
 ])
@@ -162,8 +163,9 @@ def test_a_held_lock_refuses_at_once_naming_its_holder_and_goes_with_its_process
         with pytest.raises(StudyError) as err:
             resolve_options(request)
         assert time.monotonic() - start < 10
-        assert str(err.value).startswith(f"the study {EXPERIMENT!r} ({opts.storage_path}/{EXPERIMENT}) is running now "
-                                         "(pid 4242 on host elsewhere: python tune/run.py --dataset synthetic; lock file")
+        assert str(err.value).startswith(
+            f"the study {EXPERIMENT!r} ({opts.storage_path}/{EXPERIMENT}) is running now "
+            "(pid 4242 on host elsewhere: python tune/run.py --dataset synthetic; lock file")
     with pytest.raises(StudyError, match="is running now"):  # two starts that passed the checks together
         with study_lock(opts):
             pass

@@ -168,8 +168,8 @@ def _run_locked(opts: StudyOptions, space: SearchSpace, started: StartRecord | N
         counter = TrialCounter(study_display(progress, space.metric, live=live, verbose=opts.verbose),
                                total=opts.num_samples, max_epochs=opts.max_epochs, metric=space.metric,
                                mode=space.mode, key_params=space.param_names, stop=stop, ends=ends)
-        tuner = build_tuner(opts, space, resources, concurrency,
-                            [callback, forward_stop_callback(stop), counter, disk_guard(opts)], base_config(opts, space))
+        callbacks = [callback, forward_stop_callback(stop), counter, disk_guard(opts)]
+        tuner = build_tuner(opts, space, resources, concurrency, callbacks, base_config(opts, space))
         with stop.tuning(), counter:
             return trial_records(tuner.fit())
 

@@ -53,9 +53,9 @@ def space_content(path: str | Path) -> Any:
 
 
 def new_record(opts: StudyOptions, concurrency: int) -> StartRecord:
+    started = f"pid {os.getpid()} on host {socket.gethostname()} at {time.strftime('%Y-%m-%d %H:%M:%S')}"
     return StartRecord(options={f.name: as_json(getattr(opts, f.name)) for f in FIELDS},
-                       search_space=space_content(opts.search_space), concurrency=int(concurrency),
-                       started=f"pid {os.getpid()} on host {socket.gethostname()} at {time.strftime('%Y-%m-%d %H:%M:%S')}")
+                       search_space=space_content(opts.search_space), concurrency=int(concurrency), started=started)
 
 
 def write_record(opts: StudyOptions, concurrency: int) -> StartRecord:
