@@ -2,11 +2,11 @@
 
 Each option is one field of `StudyRequest`, and the field carries everything about it: type, default,
 its flag's group, help and metavar, the values it accepts, and why `--resume` must keep it, if it must
-(`Flag`; msdn.study.started compares those with what the study was started with). tune/run.py's parser is derived
-from the fields (`add_flags`), the parsed flags become a request by name (`StudyRequest(**vars(args))`),
-and a request checks every value as it is made (a `StudyError` naming the flag). `resolve_options` then
-checks what needs a look outside (search space, data files, tracking store, Tune storage, and that no other
-process runs the study: its lock, msdn.study.lock) and fills in
+(`Flag`; msdn.study.started compares those with what the study was started with). tune/run.py's parser
+is derived from the fields (`add_flags`), the parsed flags become a request by name
+(`StudyRequest(**vars(args))`), and a request checks every value as it is made (a `StudyError` naming the
+flag). `resolve_options` then checks what needs a look outside (search space, data files, tracking store,
+Tune storage, and that no other process runs the study: its lock, msdn.study.lock) and fills in
 every default: a `StudyOptions` holds no unresolved None, so later code never meets one.
 
     request = StudyRequest(dataset="synthetic", num_samples=4)   # StudyError on a bad value
