@@ -65,11 +65,14 @@ def checkpoint_progress(state: Mapping[str, Any]) -> tuple[int, dict[str, Any], 
 
 
 def write_checkpoint(path: str | Path, state: Mapping[str, Any]) -> None:
-    """Save `state` at `path` atomically (a crash mid-write never leaves a truncated file); folders are created."""
+    """Save `state` at `path` atomically (a crash mid-write never leaves a truncated file); folders are created.
+
+    On a full disk: OSError(ENOSPC) naming `path`, and no file left. torch.save writes into our file object, so
+    the failed write is Python's OSError (given a path, torch raises a RuntimeError that names no cause)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        torch.save(dict(state), tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(dict(state), fh)
 
 
 def read_checkpoint(path: str | Path, flag: str = "--checkpoint") -> Any:

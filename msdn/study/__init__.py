@@ -3,6 +3,8 @@
     search_space.py  the YAML search space files: parser and validation
     eval_grid.py     their eval_grid section: the alpha x gamma values every evaluation scores
     options.py       StudyRequest (the flags, one field each) -> resolve_options -> StudyOptions; StudyError
+    started.py       study_request.json: what a study was started with; what --resume may change is checked
+    lock.py          the study's lock: one process per study, a second start refused before it writes
     cluster.py       Ray: connecting, trial resources, per-node storage and data checks
     trainable.py     one trial: a Trainer driven epoch by epoch, reporting to Tune
     runner.py        run_study: the study from start to end (options, Ray, the parent run, build_tuner, fit)

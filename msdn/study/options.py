@@ -1,10 +1,12 @@
 """A study's options: what the user asked for (`StudyRequest`) and what the study runs with (`StudyOptions`).
 
 Each option is one field of `StudyRequest`, and the field carries everything about it: type, default,
-its flag's group, help and metavar, and the values it accepts (`Flag`). tune/run.py's parser is derived
-from the fields (`add_flags`), the parsed flags become a request by name (`StudyRequest(**vars(args))`),
-and a request checks every value as it is made (a `StudyError` naming the flag). `resolve_options` then
-checks what needs a look outside (search space, data files, tracking store, Tune storage) and fills in
+its flag's group, help and metavar, the values it accepts, and why `--resume` must keep it, if it must
+(`Flag`; msdn.study.started compares those with what the study was started with). tune/run.py's parser
+is derived from the fields (`add_flags`), the parsed flags become a request by name
+(`StudyRequest(**vars(args))`), and a request checks every value as it is made (a `StudyError` naming the
+flag). `resolve_options` then checks what needs a look outside (search space, data files, tracking store,
+Tune storage, and that no other process runs the study: its lock, msdn.study.lock) and fills in
 every default: a `StudyOptions` holds no unresolved None, so later code never meets one.
 
     request = StudyRequest(dataset="synthetic", num_samples=4)   # StudyError on a bad value
@@ -15,6 +17,7 @@ Imports stay light: Ray workers import this module (through the refit).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
 import numbers
 import os
@@ -30,6 +33,8 @@ from msdn.study.search_space import SearchSpace, load_search_space
 # The repository's search spaces, beside msdn/ (tune/run.py runs from a checkout, importing msdn from it).
 SEARCH_SPACES = Path(__file__).resolve().parents[2] / "search_spaces"
 NAME_BYTES = 200  # longest --experiment: a folder name (at most 255 bytes) with room for "<name>.study.log"
+LOCK_NAME = "study.lock"  # in the study's folder: held while a process runs the study (msdn.study.lock)
+URI_LOCKS = Path.home() / ".cache" / "msdn-tune" / "locks"  # this machine's locks of studies on object storage
 
 
 class StudyError(RuntimeError):
@@ -54,6 +59,9 @@ class Flag:
     low: float | None = None  # the smallest value allowed
     above: bool = False  # `low` itself is not allowed (> low rather than >= low)
     check: Callable[[Any], str | None] | None = None  # a further check: the error's text after the value, or None
+    # Why --resume refuses another value than the study was started with (None: it may change on --resume and
+    # takes effect). The study keeps what it started with in study_request.json (msdn.study.started).
+    kept: str | None = None
 
 
 def option(default: Any, group: str, help: str, **flag: Any) -> Any:
@@ -93,26 +101,35 @@ class StudyRequest:
     Fields are in --help order; making one checks every value (StudyError naming the flag).
     """
 
-    dataset: str = option(MISSING, "data", "benchmark to tune on", choices=DATASETS)
+    dataset: str = option(MISSING, "data", "benchmark to tune on", choices=DATASETS,
+                          kept="the trials so far trained on this benchmark")
     data_root: str = option("data", "data", "folder holding the benchmarks", metavar="DIR")
 
     search_space: Path | None = option(None, "study", "YAML search space", metavar="FILE",
-                                       unset="search_spaces/<dataset>.yaml in this repository")
-    num_samples: int = option(12, "study", "number of trials", metavar="N", low=1)
+                                       unset="search_spaces/<dataset>.yaml in this repository",
+                                       kept="Tune and Optuna keep the space the study started with; its content is "
+                                            "compared, the file may move")
+    num_samples: int = option(12, "study", "number of trials", metavar="N", low=1,
+                              kept="Tune keeps the number of trials it was started with")
     max_epochs: int | None = option(None, "study", "epochs per trial", metavar="N", low=1,
-                                    unset="the search space's asha.max_t")
+                                    unset="the search space's asha.max_t",
+                                    kept="ASHA keeps its max_t, and the trials so far trained to it")
     protocol: str = option("val", "study", "val: tune on a validation split, refit and test once; paper: the "
-                           "authors' test-every-epoch procedure", choices=PROTOCOLS)
-    seed: int = option(0, "study", "study seed (per-trial seeds derive from it)", metavar="N", low=0)
+                           "authors' test-every-epoch procedure", choices=PROTOCOLS,
+                           kept="the trials so far were trained and measured on its split")
+    seed: int = option(0, "study", "study seed (per-trial seeds derive from it)", metavar="N", low=0,
+                       kept="the trials' and the refits' seeds derive from it")
     resume: bool = option(False, "study", "continue the study with this --experiment and --storage-path")
     experiment: str | None = option(None, "study", "study name = MLflow experiment and the study's folder under "
                                     "--storage-path", metavar="NAME", unset="msdn-<dataset>-<protocol>",
                                     check=name_problem)
     refit: bool = option(True, "study", "skip retraining the best configuration on trainval", negated=True)
     refit_seeds: int = option(3, "study", "seeds of the refit on trainval, each tested once: mean, sd and 95% "
-                              "interval of the test figures (1: a single refit, no interval)", metavar="N", low=1)
+                              "interval of the test figures (1: a single refit, no interval)", metavar="N", low=1,
+                              kept="the parent run records it; the test figures come from the seeds the study "
+                                   "planned, not from seeds added after seeing them")
     baseline: bool = option(True, "study", "do not refit the authors' configuration with the same seeds (the "
-                            "paired comparison)", negated=True)
+                            "paired comparison)", negated=True, kept="the parent run records it")
     checkpoint_every: int = option(1, "study", "epochs between a trial's checkpoints (its last epoch is always "
                                    "checkpointed); an interrupted trial redoes at most N - 1 epochs",
                                    metavar="N", low=1)
@@ -123,17 +140,19 @@ class StudyRequest:
     gpus_per_trial: float | None = option(None, "cluster", "GPU share per trial, fractions allowed", metavar="GPUS",
                                           low=0, unset="1 when the cluster has GPUs, else 0")
     max_concurrent: int | None = option(None, "cluster", "trials running at once", metavar="N", low=1,
-                                        unset="as many as the cluster's resources hold")
+                                        unset="as many as the cluster's resources hold",
+                                        kept="Tune restores the study's concurrency limit")
     max_failures: int = option(1, "cluster", "retries of a trial whose worker or node died", metavar="N", low=0)
     reuse_workers: bool = option(True, "cluster", "start a fresh worker process for every trial instead of reusing "
-                                 "them", negated=True)
+                                 "them", negated=True, kept="Tune restores it with the study's settings")
     storage_path: str = option("results", "cluster", "where Tune keeps results and checkpoints (path or s3://, "
                                "gs://)", metavar="PATH")
     device: str = option("auto", "cluster", "device inside each trial (auto: its GPU share if any, else CPU)",
                          check=device_problem)
 
     mlflow_uri: str | None = option(None, "tracking", "MLflow tracking URI; http://HOST:PORT for a server",
-                                    metavar="URI", unset="sqlite:///<working dir>/mlflow.db")
+                                    metavar="URI", unset="sqlite:///<working dir>/mlflow.db",
+                                    kept="the study's parent run and trial runs are in that store")
     tracking_timeout: float = option(300.0, "tracking", "seconds to wait at the end for an unreachable MLflow "
                                      "store before giving up (exit 3)", metavar="SECONDS", low=0)
 
@@ -336,10 +355,34 @@ def experiment_path(opts: StudyOptions) -> str:
     return f"{opts.storage_path.rstrip('/')}/{opts.experiment}"
 
 
-def check_storage(opts: StudyOptions) -> None:
-    """--resume needs an earlier study at the experiment path; a new study must not overwrite one."""
+def lock_path(opts: StudyOptions) -> Path:
+    """The study's lock file (msdn.study.lock): in its folder for a local --storage-path; for object storage, which
+    has no file locks, a file of this machine's named after the study's URI."""
+    if is_uri(opts.storage_path):
+        digest = hashlib.sha256(experiment_path(opts).encode()).hexdigest()[:16]
+        return URI_LOCKS / f"{opts.experiment}-{digest}.lock"
+    return Path(experiment_path(opts)) / LOCK_NAME
+
+
+def running_error(opts: StudyOptions, holder: str) -> StudyError:
+    """The refusal of a second start while the process `holder` (what its lock file says) runs the study."""
+    return StudyError(
+        f"the study {opts.experiment!r} ({experiment_path(opts)}) is running now ({holder or 'who, not known yet'}; "
+        f"lock file {lock_path(opts)}). A second start of it is refused; nothing was written. Wait for it to end, "
+        f"or stop it (Ctrl+C in its terminal, or kill its pid on its host) and continue it with the same command "
+        f"plus --resume; or start another study with another --experiment")
+
+
+def check_storage(opts: StudyOptions, *, locked: bool = False) -> None:
+    """No other process runs this study now; --resume needs an earlier study at the experiment path; a new study
+    must not overwrite one. `locked`: this process holds the study's lock (msdn.study.lock) and checks again."""
     from ray import tune
 
+    from msdn.fsutil import lock_holder
+
+    holder = None if locked else lock_holder(lock_path(opts))
+    if holder is not None:  # the same command again while the study runs: say so, not "use --resume"
+        raise running_error(opts, holder)
     path = experiment_path(opts)
     exists = tune.Tuner.can_restore(path)
     if opts.resume and not exists:

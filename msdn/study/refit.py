@@ -18,6 +18,7 @@ The checkpoint is a `msdn.train` checkpoint (`python -m msdn.evaluate --checkpoi
 from __future__ import annotations
 
 import json
+import shlex
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -264,11 +265,13 @@ def run_refits(opts: StudyOptions, specs: list[RefitSpec], resources: dict[str, 
 def repeat_command(path: str, dataset: str, refit: RefitResult | None = None) -> str:
     """The command that trains `path` (a best_config.yaml); given the refit it repeats, on its device and threads.
 
-    The path comes last, so that a printed command too long for a line breaks before it (report.command_lines)."""
+    The path comes last, so that a printed command too long for a line breaks before it (report.command_lines),
+    and quoted for the shell (a path with a space or a quote pastes as one argument)."""
     if refit is None:
-        return f"python -m msdn.train --dataset {dataset} --config {path}"
+        return f"python -m msdn.train --dataset {dataset} --config {shlex.quote(path)}"
     device = "cpu" if refit.device == "cpu" else "cuda"
-    return f"OMP_NUM_THREADS={refit.threads} python -m msdn.train --dataset {dataset} --device {device} --config {path}"
+    return (f"OMP_NUM_THREADS={refit.threads} python -m msdn.train --dataset {dataset} --device {device} "
+            f"--config {shlex.quote(path)}")
 
 
 def best_config_text(train_config: dict[str, Any], experiment: str, refit: RefitResult | None) -> str:

@@ -8,6 +8,7 @@ their paired difference of H.
 """
 from __future__ import annotations
 
+import shlex
 import textwrap
 from pathlib import Path
 from typing import Any, Sequence
@@ -62,11 +63,24 @@ def start_lines(opts: StudyOptions, resources: dict[str, float], concurrency: in
 
 def command_lines(prefix: str, command: str, width: int = COMMAND_WIDTH) -> list[str]:
     """`prefix + command` on one line, or, when wider than `width`, broken before its last option with a
-    shell line continuation, so that it still pastes as one command."""
-    cut = command.rfind(" --")
+    shell line continuation, so that it still pastes as one command (never inside a quoted argument)."""
+    cut = max(_option_starts(command), default=-1)
     if len(prefix) + len(command) <= width or cut <= 0:
         return [prefix + command]
     return [f"{prefix}{command[:cut]} \\", " " * (len(prefix) + 4) + command[cut + 1:]]
+
+
+def _option_starts(command: str) -> list[int]:
+    """Where " --" begins an option in `command`, not inside a quoted argument (a path's own " --")."""
+    starts, quote = [], None
+    for i, char in enumerate(command):
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif command.startswith(" --", i):
+            starts.append(i)
+    return starts
 
 
 def wrap_lines(text: str, width: int = WIDTH) -> list[str]:
@@ -178,8 +192,11 @@ def end_lines(outcome: StudyOutcome) -> list[str]:
         lines.extend(command_lines("  rerun it: ", repeat_command(outcome.best_config_path, outcome.dataset,
                                                                   outcome.refit)))
     if outcome.refit and outcome.refit.checkpoint:
-        lines.append(f"refit checkpoints: {outcome.refit.checkpoint.rsplit('/', 2)[0]}/<config>-seed<N>/checkpoint.pt")
-        lines.append(f"  evaluate one: python -m msdn.evaluate --checkpoint FILE --dataset {outcome.dataset}")
+        checkpoint = outcome.refit.checkpoint
+        lines.append(f"refit checkpoints: {checkpoint.rsplit('/', 2)[0]}/<config>-seed<N>/checkpoint.pt")
+        shown = "FILE" if "://" in checkpoint else shlex.quote(checkpoint)  # msdn.evaluate reads local files
+        lines.extend(command_lines("  evaluate one: ", f"python -m msdn.evaluate --dataset {outcome.dataset} "
+                                                      f"--checkpoint {shown}"))
     from msdn.study.searcher import dashboard_command  # Optuna and Ray: imported when a study ends
 
     if outcome.journal is not None:
@@ -188,7 +205,7 @@ def end_lines(outcome: StudyOutcome) -> list[str]:
     if outcome.tracking_uri.startswith(("http://", "https://")):
         lines.append(f"MLflow:  open {outcome.tracking_uri} (experiment {outcome.experiment!r})")
     else:
-        lines.append(f"MLflow:  mlflow ui --backend-store-uri {outcome.tracking_uri}")
+        lines.append(f"MLflow:  mlflow ui --backend-store-uri {shlex.quote(outcome.tracking_uri)}")
         lines.append(f"         (experiment {outcome.experiment!r})")
     return lines
 

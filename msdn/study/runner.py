@@ -1,9 +1,10 @@
 """The study: Optuna proposes, ASHA stops, Ray runs the trials, MLflow records, the best is refit.
 
 `run_study(StudyRequest(...))` is the whole product's main path; `tune/run.py` only parses flags.
-Order of work: validate every input (`options`) -> prepare the feature cache -> start or join Ray
-and check every node (`cluster`) -> MLflow parent run (`tracking.parent.ParentRun`) -> `Tuner.fit` (or
-`Tuner.restore`) -> then `conclude`: top-trials table (`report`) -> best_config.yaml -> refits on
+Order of work: validate every input (`options`) -> take the study's lock (`lock`: a second start is refused)
+-> with --resume, refuse options that would change what the study means (`started`) -> prepare the feature
+cache -> start or join Ray and check every node (`cluster`) -> MLflow parent run (`tracking.parent.ParentRun`)
+-> `Tuner.fit` (or `Tuner.restore`) -> then `conclude`: top-trials table (`report`) -> best_config.yaml -> refits on
 trainval, N seeds of the tuned and the authors' configuration, each tested once (`refit`, validation
 protocol) -> the refits' table, plots and summary on the parent run; the study's `outcome` rendered on
 the console, in the parent run's description and in study_summary.json. While the trials run, the
@@ -23,13 +24,15 @@ from msdn.study.conclude import StudyEnd, base_config, conclude
 from msdn.study.console import TrialCounter, is_terminal, study_display
 from msdn.study.diskspace import disk_guard
 from msdn.study.interrupt import StopRequests, forward_stop_callback
+from msdn.study.lock import study_lock
 from msdn.study.logs import StatusTable, StudyLog, log_path
-from msdn.study.options import StudyOptions, StudyRequest, experiment_path, resolve_options
+from msdn.study.options import StudyOptions, StudyRequest, check_storage, experiment_path, resolve_options
 from msdn.study.outcome import StudyOutcome
 from msdn.study.report import start_lines, study_header
 from msdn.study.results import TrialEnds, TrialRecord, trial_records
 from msdn.study.search_space import SearchSpace
 from msdn.study.searcher import StudySearcher, check_journal, journal_path
+from msdn.study.started import StartRecord, check_resume, write_record
 from msdn.study.tracking.parent import ParentRun, trial_tags
 from msdn.study.trainable import DataSpec, train_msdn
 
@@ -37,8 +40,8 @@ from msdn.study.trainable import DataSpec, train_msdn
 PROGRESS_COLUMNS = {"training_iteration": "epochs", "S": "S", "U": "U", "H": "H", "H_grid": "H@grid", "loss": "loss"}
 
 
-def build_tuner(opts: StudyOptions, space: SearchSpace, resources: dict[str, float], callbacks: list,
-                base: dict[str, Any]):
+def build_tuner(opts: StudyOptions, space: SearchSpace, resources: dict[str, float], concurrency: int,
+                callbacks: list, base: dict[str, Any]):
     """A new Tuner (OptunaSearch + ASHA + the MLflow callback), or with --resume the stored one restored."""
     # Tune's older output engine: its status table goes through our reporter (to the log file, or with -v the
     # console too); the newer engine prints every result in full on the console.
@@ -72,12 +75,12 @@ def build_tuner(opts: StudyOptions, space: SearchSpace, resources: dict[str, flo
         run_config = ray_private.restored_run_config(tuner)
         if run_config is not None:  # Tune restores the pickled callbacks; this run's are live ones
             run_config.callbacks, run_config.progress_reporter = callbacks, status_table(opts, space)
+            run_config.failure_config = tune.FailureConfig(max_failures=opts.max_failures)  # may change on --resume
         return tuner
     # The Optuna study in a journal next to Tune's results, named after the experiment (optuna-dashboard opens it).
     searcher = StudySearcher(starting_points=space.initial_points(opts.dataset), seed=space.sampler_seed,
                              max_epochs=opts.max_epochs, journal=journal_path(experiment_path(opts)),
                              study_name=opts.experiment)
-    concurrency = opts.max_concurrent or default_concurrency(resources)
     scheduler = ASHAScheduler(time_attr="training_iteration", max_t=opts.max_epochs,
                               grace_period=space.asha.grace_period, reduction_factor=space.asha.reduction_factor)
     return tune.Tuner(
@@ -123,13 +126,24 @@ def run_study(request: StudyRequest, *, progress: Progress = print) -> StudyOutc
 
 
 def _run(request: StudyRequest, stop: StopRequests, progress: Progress, log: StudyLog, live: bool) -> StudyOutcome:
+    opts, space = resolve_options(request)  # refuses a second start of a running study too (its lock is held)
+    started = check_resume(opts)  # --resume: options it keeps must not change (None: a new or unrecorded study)
+    with study_lock(opts):  # two starts that passed the checks together: the second ends here, having written nothing
+        return _run_locked(opts, space, started, stop, progress, log, live)
+
+
+def _run_locked(opts: StudyOptions, space: SearchSpace, started: StartRecord | None, stop: StopRequests,
+                progress: Progress, log: StudyLog, live: bool) -> StudyOutcome:
     from msdn.data import load_benchmark
 
     show = progress or (lambda _message: None)
-    opts, space = resolve_options(request)
+    check_storage(opts, locked=True)  # again, under the lock: a study that started or ended meanwhile
     log.open(log_path(opts))
     for line in study_header(opts, space, str(log.path)):
         show(line)
+    if opts.resume and started is None:
+        show("note: this study keeps no record of the options it was started with (it began before they were "
+             "recorded), so --resume cannot check them")
     load_benchmark(opts.dataset, opts.data_root, progress=progress)  # builds the shared feature cache once, here
 
     # Worker output reaches the log file through the driver; a Ray client (ray://) would print it instead.
@@ -139,8 +153,10 @@ def _run(request: StudyRequest, stop: StopRequests, progress: Progress, log: Stu
     stop.install()  # again: ray.init replaced the SIGTERM handler with one that exits at once
     resources = trial_resources(opts, progress)  # refuses a trial no node can ever hold, before any other work
     check_cluster_storage_and_data(opts, progress)
+    concurrency = started.concurrency if started else opts.max_concurrent or default_concurrency(resources)
+    if not opts.resume:
+        write_record(opts, concurrency)  # what --resume compares with (msdn.study.started)
     parent = ParentRun.open(opts, space, cluster=cluster_tags(), progress=progress)
-    concurrency = opts.max_concurrent or default_concurrency(resources)
     for line in start_lines(opts, resources, concurrency, parent.experiment_id, parent.run_id):
         show(line)
 
@@ -152,8 +168,8 @@ def _run(request: StudyRequest, stop: StopRequests, progress: Progress, log: Stu
         counter = TrialCounter(study_display(progress, space.metric, live=live, verbose=opts.verbose),
                                total=opts.num_samples, max_epochs=opts.max_epochs, metric=space.metric,
                                mode=space.mode, key_params=space.param_names, stop=stop, ends=ends)
-        tuner = build_tuner(opts, space, resources, [callback, forward_stop_callback(stop), counter, disk_guard(opts)],
-                            base_config(opts, space))
+        callbacks = [callback, forward_stop_callback(stop), counter, disk_guard(opts)]
+        tuner = build_tuner(opts, space, resources, concurrency, callbacks, base_config(opts, space))
         with stop.tuning(), counter:
             return trial_records(tuner.fit())
 

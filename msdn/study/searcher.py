@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +96,7 @@ def journal_storage(path: Path, *, resume: bool) -> JournalStorage:
 
 
 def dashboard_command(path: Path) -> str:
-    return f"optuna-dashboard {path}"
+    return f"optuna-dashboard {shlex.quote(str(path))}"
 
 
 class StudySearcher(OptunaSearch):

@@ -248,7 +248,7 @@ class ParentRun:
             c.set_tag(self.run_id, NOTE_TAG, note)
             c.set_terminated(self.run_id, status=status)
 
-        self.writer.submit(f"ending the parent run as {status}", run)
+        self.writer.submit(f"ending the parent run as {status}", run, final=True)
 
     def close(self, timeout: float) -> list[str]:
         """Wait up to `timeout` seconds for everything queued to be logged; returns what was not."""

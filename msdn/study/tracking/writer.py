@@ -5,20 +5,27 @@ server never stalls the trials. Operations run in the order they were submitted 
 before its metrics, ended after them). An operation that fails for a reason that can pass (the
 server is down or busy, the SQLite file is locked) is retried with a growing pause, up to
 `MAX_PAUSE_S`, until it succeeds; one refused by the store for good (an invalid value) is recorded
-and dropped. `close(timeout)` waits that long for the queue to drain and returns the operations that
-could not be logged, so the study can say what is missing (the trials' results are in Tune's
-storage either way).
+and dropped. One that failed for want of disk space (the store's file or artifact folder, or the
+server's disk, is full) is given up at once: retrying it would hold up everything queued behind it, the
+run-ending operations too; the console says once where the space ran out, and `last_error` keeps it.
+`close(timeout)` waits that long for the queue to drain; an operation submitted as `final` (ending the
+parent run) is still tried once at that deadline, whatever is stuck before it; `close` returns the
+operations that could not be logged (given up, or still queued), so the study can say what is missing
+and exit 3 (the trials' results are in Tune's storage either way).
 """
 from __future__ import annotations
 
 import collections
 import os
+import shutil
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
-from msdn.study.tracking.store import client
+from msdn.cli import is_disk_full
+from msdn.study.tracking.store import ARTIFACTS_FOLDER, client, sqlite_path
 
 MAX_PAUSE_S = 10.0  # longest wait between two attempts of a failing operation
 # MLflow error codes that retrying cannot fix (the request itself is wrong).
@@ -32,12 +39,34 @@ class Operation:
 
     what: str
     run: Callable[[Any], None]
+    final: bool = False  # ends a run: tried once more at the close deadline, even when an earlier one is stuck
 
 
 def is_permanent(exc: BaseException) -> bool:
     """An error the store will give again for the same request, as opposed to an outage."""
     code = getattr(exc, "error_code", None)
     return code in PERMANENT_ERRORS
+
+
+def no_space_reason(tracking_uri: str, exc: BaseException) -> str:
+    """Where an operation ran out of disk space, in words: the file the error names, else the SQLite store's folder
+    (its database and its artifacts under ARTIFACTS_FOLDER) with the space left there, else the tracking server."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:  # the file, when some error in the chain names one
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.filename:
+            return f"no space left on device writing {exc.filename}"
+        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
+    if tracking_uri.startswith("sqlite:///"):
+        folder = sqlite_path(tracking_uri).resolve().parent
+        try:
+            usage = shutil.disk_usage(folder)
+            free = f": {usage.free / 2**20:.1f} MiB free of {usage.total / 2**20:.1f} MiB"
+        except OSError:
+            free = ""
+        return (f"no space left on device: the MLflow store's folder {folder} (its database and its artifacts in "
+                f"{Path(folder, ARTIFACTS_FOLDER)}) is on a full filesystem{free}")
+    return f"no space left on device at the tracking store {tracking_uri} (its disk is full)"
 
 
 class TrackingWriter:
@@ -50,6 +79,7 @@ class TrackingWriter:
         self.tracking_uri = tracking_uri
         self.progress = progress
         self.dropped: list[str] = []  # operations the store refused for good, with the reason
+        self.no_space: list[str] = []  # operations given up for want of disk space (not logged: `close` returns them)
         self.last_error: str | None = None
         self._queue: collections.deque[Operation] = collections.deque()
         self._cond = threading.Condition()
@@ -59,12 +89,12 @@ class TrackingWriter:
         self._thread = threading.Thread(target=self._drain, name="mlflow-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, what: str, run: Callable[[Any], None]) -> None:
-        """Queue an operation; returns at once."""
+    def submit(self, what: str, run: Callable[[Any], None], *, final: bool = False) -> None:
+        """Queue an operation; returns at once. `final`: it ends a run (see Operation)."""
         with self._cond:
             if self._closing and not self._thread.is_alive():
                 raise RuntimeError("the MLflow writer is closed")
-            self._queue.append(Operation(what, run))
+            self._queue.append(Operation(what, run, final))
             self._cond.notify_all()
 
     def pending(self) -> list[str]:
@@ -83,13 +113,14 @@ class TrackingWriter:
         return True
 
     def close(self, timeout: float) -> list[str]:
-        """Drain for up to `timeout` seconds, stop the thread, and return what could not be logged."""
+        """Drain for up to `timeout` seconds, stop the thread, and return what could not be logged: what was given up
+        for want of disk space, then what is still queued."""
         with self._cond:
             self._closing = True
             self._deadline = time.monotonic() + timeout
             self._cond.notify_all()
         self._thread.join(timeout + MAX_PAUSE_S + 30)
-        return self.pending()
+        return [*self.no_space, *self.pending()]
 
     # -- the background thread ----------------------------------------------------------------
     def _drain(self) -> None:
@@ -100,9 +131,12 @@ class TrackingWriter:
             with self._cond:
                 while not self._queue and not self._closing:
                     self._cond.wait()
-                if not self._queue or time.monotonic() > self._deadline:
+                if not self._queue:
                     self._cond.notify_all()
                     return
+                if time.monotonic() > self._deadline:
+                    last, self._busy = [op for op in self._queue if op.final], True
+                    break
                 op = self._queue[0]
                 self._busy = True
             try:
@@ -112,6 +146,9 @@ class TrackingWriter:
                 if is_permanent(exc):
                     self.dropped.append(f"{op.what} ({reason})")
                     self._done(op)
+                    continue
+                if is_disk_full(exc):
+                    self._give_up_for_space(op, exc)
                     continue
                 self.last_error = reason
                 if outage_since is None:
@@ -129,6 +166,32 @@ class TrackingWriter:
                 outage_since, self.last_error = None, None
             pause = 0.5
             self._done(op)
+        self._last_tries(mlflow_client, last)
+
+    def _last_tries(self, mlflow_client: Any, ops: list[Operation]) -> None:
+        """At the close deadline: one attempt of each run-ending operation, in order, whatever was stuck before it
+        (an upload that never succeeds must not leave the parent run RUNNING)."""
+        for op in ops:
+            try:
+                op.run(mlflow_client)
+            except Exception as exc:  # noqa: BLE001 - reported as not logged, with the last error
+                self.last_error = f"{type(exc).__name__}: {str(exc)[:300]}"
+                continue
+            with self._cond:
+                self._queue.remove(op)
+        with self._cond:
+            self._busy = False
+            self._cond.notify_all()
+
+    def _give_up_for_space(self, op: Operation, exc: BaseException) -> None:
+        """Give `op` up, as it failed for want of disk space (the store's `last_error` says where it ran out, and the
+        console the first time)."""
+        if not self.no_space:
+            self._say(f"MLflow store {self.tracking_uri}: {no_space_reason(self.tracking_uri, exc)}. Items that fail "
+                      f"for want of space are given up, not retried (the trials' results stay in Tune's storage)")
+        self.last_error = no_space_reason(self.tracking_uri, exc)
+        self.no_space.append(op.what)
+        self._done(op)
 
     def _done(self, op: Operation) -> None:
         with self._cond:
