@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .cli import ExpectedError, cli_entry, command_parser
+from .study.report import SUMMARY_FILE
 from .study.stats import Interval, paired_difference, t_interval
 
-SUMMARY_FILE = "study_summary.json"
 FORMATS = ("md", "tex", "csv")
 # The MSDN authors' README figures (GZSL with calibrated stacking; epoch and gamma selected on the test split), in %.
 PUBLISHED: dict[str, dict[str, float]] = {

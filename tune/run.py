@@ -53,9 +53,15 @@ def study(argv: list[str] | None = None) -> int:
     from msdn.study.options import StudyFailed, StudyRequest
     from msdn.study.runner import run_study
 
-    request = StudyRequest(**vars(args))  # the flags' dests are its field names; StudyError on a bad value
+    datasets = args.dataset  # one or more: --dataset takes several benchmarks, one study each
+    request = StudyRequest(**{**vars(args), "dataset": datasets[0]})  # StudyError on a bad value
     try:
-        result = run_study(request)
+        if len(datasets) == 1:
+            result = run_study(request)
+        else:
+            from msdn.study.multirun import run_benchmarks, study_requests
+
+            result = run_benchmarks(study_requests(request, datasets))
     except StudyFailed as exc:  # it ran, but produced no result: not bad input
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -65,7 +71,6 @@ def study(argv: list[str] | None = None) -> int:
     if result.interrupted:
         return EXIT_INTERRUPTED
     return EXIT_TRACKING if result.unlogged else 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

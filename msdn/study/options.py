@@ -62,6 +62,7 @@ class Flag:
     # Why --resume refuses another value than the study was started with (None: it may change on --resume and
     # takes effect). The study keeps what it started with in study_request.json (msdn.study.started).
     kept: str | None = None
+    many: bool = False  # the flag takes one or more values: one study each (tune/run.py; msdn.study.multirun)
 
 
 def option(default: Any, group: str, help: str, **flag: Any) -> Any:
@@ -101,7 +102,8 @@ class StudyRequest:
     Fields are in --help order; making one checks every value (StudyError naming the flag).
     """
 
-    dataset: str = option(MISSING, "data", "benchmark to tune on", choices=DATASETS,
+    dataset: str = option(MISSING, "data", "benchmark(s) to tune on: with several, one study each, in this order, in "
+                          "one Ray session", choices=DATASETS, many=True,
                           kept="the trials so far trained on this benchmark")
     data_root: str = option("data", "data", "folder holding the benchmarks", metavar="DIR")
 
@@ -251,6 +253,8 @@ def add_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
             groups[flag.group].add_argument(*flag_names(f), dest=f.name, action=action, default=f.default, help=text)
             continue
         extra: dict[str, Any] = {"required": True} if f.default is MISSING else {"default": f.default}
+        if flag.many:
+            extra["nargs"] = "+"
         groups[flag.group].add_argument(*flag_names(f), dest=f.name, type=None if kind is str else kind,
                                         choices=flag.choices, metavar=flag.metavar, help=text, **extra)
     return parser

@@ -27,7 +27,7 @@ from msdn.metrics import GRID_KEYS, HEADLINE_KEYS
 from msdn.progress import Progress
 from msdn.study.options import StudyOptions, experiment_path
 from msdn.study.outcome import FAILED, StudyOutcome
-from msdn.study.report import refit_lines
+from msdn.study.report import SUMMARY_FILE, refit_lines
 from msdn.study.results import (BASELINE, COMPLETED, ERRORED, INTERRUPTED, STOPPED_EARLY, TUNED, RefitResult, Refits,
                                 TrialSummary)
 from msdn.study.search_space import SearchSpace
@@ -229,7 +229,7 @@ class ParentRun:
     def log_files(self, plots: list[Path], summary: dict[str, Any], folder: Path) -> None:
         """The plots under `plots/` and the summary as `study_summary.json` (written into `folder` now, which must
         outlive the writer)."""
-        path = folder / "study_summary.json"
+        path = folder / SUMMARY_FILE
         path.write_text(json.dumps(summary, indent=2, default=str))
 
         def run(c) -> None:
