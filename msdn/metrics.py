@@ -249,3 +249,85 @@ def gzsl_evaluate(
         curve = calibration_curve(seen_scores, seen_labels, unseen_scores, unseen_labels, unseen, gammas)
     return GZSLResult(S=s, U=u, H=harmonic_mean(s, u), zsl_acc=zsl_accuracy(unseen_scores, unseen_labels, unseen),
                       gamma=float(gamma), grid=result, curve=curve)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The seen-unseen accuracy curve and its area (AUSUC; Chao, Changpinyo, Gong and Sha, ECCV 2016)
+
+
+@dataclass(frozen=True)
+class SeenUnseenCurve:
+    """S against U as the calibration offset gamma runs over all real values, with its exact area.
+
+    `unseen_acc[k]`, `seen_acc[k]` is the k-th state of the curve: k = 0 before the first breakpoint
+    (gamma -> -inf: U = 0, S = its maximum), then one state after each distinct breakpoint; the last is
+    gamma -> +inf (U = conventional ZSL accuracy, S = 0). `breakpoints[k - 1]` is the gamma at which
+    state k begins. Straight lines between consecutive states draw the curve (horizontal, vertical, or
+    diagonal where a seen and an unseen image change at the same gamma).
+    """
+
+    breakpoints: np.ndarray  # (K,) distinct gammas at which some image's prediction changes, ascending
+    unseen_acc: np.ndarray  # (K + 1,) U in each state
+    seen_acc: np.ndarray  # (K + 1,) S in each state
+    ausuc: float  # area under S(U), trapezoids between states
+
+    def at(self, gamma: float) -> tuple[float, float]:
+        """(U, S) at offset `gamma` away from breakpoints (at one, the state that begins there)."""
+        k = int(np.searchsorted(self.breakpoints, gamma, side="right"))
+        return float(self.unseen_acc[k]), float(self.seen_acc[k])
+
+
+def _margin_events(scores: np.ndarray, labels: np.ndarray, unseen: np.ndarray, pick: str):
+    """Per image that the curve can count: (margin, weight). `pick` "seen": right while its best seen class wins
+    (gamma < margin); "unseen": right once its best unseen class wins (gamma > margin). Weights make the
+    per-class mean: 1 / (classes present x that class's images)."""
+    labels = np.asarray(labels)
+    if labels.size == 0:
+        return np.zeros(0), np.zeros(0)
+    best_seen, seen_cls, best_unseen, unseen_cls = _best_seen_and_unseen(np.asarray(scores), unseen)
+    classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    weight = 1.0 / (classes.size * counts[inverse])
+    right = (seen_cls if pick == "seen" else unseen_cls) == labels
+    margin = best_seen.astype(np.float64) - best_unseen.astype(np.float64)
+    return margin[right], weight[right]
+
+
+def seen_unseen_curve(seen_scores: np.ndarray, seen_labels: np.ndarray, unseen_scores: np.ndarray,
+                      unseen_labels: np.ndarray, unseen: np.ndarray) -> SeenUnseenCurve:
+    """The exact seen-unseen curve and AUSUC from margin-free (fused) scores, in O(N log N).
+
+    Adding gamma to every unseen-class score predicts an image's best unseen class once gamma passes its
+    margin (best seen score - best unseen score) and its best seen class before: so S falls and U rises
+    only at margins. Sorting the margins gives every state of the curve; where several images share a
+    margin (a tie between a seen and an unseen image's) the area takes the trapezoid between the states
+    before and after it. S and U are per-class mean top-1 accuracies, as everywhere in this module.
+    """
+    unseen = np.asarray(unseen, dtype=bool)
+    s_margin, s_weight = _margin_events(seen_scores, seen_labels, unseen, "seen")
+    u_margin, u_weight = _margin_events(unseen_scores, unseen_labels, unseen, "unseen")
+    breakpoints, inverse = np.unique(np.concatenate([s_margin, u_margin]), return_inverse=True)
+    n_seen = s_margin.size
+    drop = np.bincount(inverse[:n_seen], weights=s_weight, minlength=breakpoints.size)  # S lost at each breakpoint
+    rise = np.bincount(inverse[n_seen:], weights=u_weight, minlength=breakpoints.size)  # U gained
+    seen_acc = np.concatenate([[s_weight.sum()], s_weight.sum() - np.cumsum(drop)])
+    unseen_acc = np.concatenate([[0.0], np.cumsum(rise)])
+    seen_acc = np.clip(seen_acc, 0.0, None)  # the last state is 0 up to rounding
+    area = float(np.sum(rise * (seen_acc[:-1] + seen_acc[1:]) / 2.0))
+    return SeenUnseenCurve(breakpoints=breakpoints, unseen_acc=unseen_acc, seen_acc=seen_acc, ausuc=area)
+
+
+@dataclass(frozen=True)
+class ClassAccuracies:
+    """Top-1 accuracy of each class present in a set of labels."""
+
+    classes: np.ndarray  # class ids, ascending
+    images: np.ndarray  # images of each class
+    accuracy: np.ndarray  # fraction of them predicted right
+
+
+def class_accuracies(predictions: np.ndarray, labels: np.ndarray) -> ClassAccuracies:
+    """Per-class top-1: what `per_class_accuracy` averages."""
+    predictions, labels = np.asarray(predictions), np.asarray(labels)
+    classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    hits = np.bincount(inverse, weights=(predictions == labels).astype(np.float64), minlength=classes.size)
+    return ClassAccuracies(classes=classes, images=counts, accuracy=hits / np.maximum(counts, 1))
