@@ -87,3 +87,41 @@ def test_class_accuracies_are_what_the_per_class_mean_averages():
     np.testing.assert_array_equal(acc.images, [1, 3, 1])
     np.testing.assert_allclose(acc.accuracy, [1, 1 / 3, 1])
     assert acc.accuracy.mean() == pytest.approx(per_class_accuracy(predictions, labels))
+
+
+def test_every_evaluation_reports_the_ausuc_of_its_fused_scores_at_its_configured_alpha():
+    """gzsl_evaluate: AUSUC (and the curve) from alpha * a2v + (1 - alpha) * v2a at the configured alpha, whatever the
+    settings grid; the per-class accuracies are those S and U average."""
+    from msdn.metrics import EvalGrid, fuse_scores
+
+    rng = np.random.default_rng(11)
+    unseen = np.zeros(8, bool)
+    unseen[[1, 4, 6]] = True
+    seen_labels, unseen_labels = rng.choice(np.flatnonzero(~unseen), 60), rng.choice(np.flatnonzero(unseen), 40)
+    seen_a2v, seen_v2a, unseen_a2v, unseen_v2a = (rng.normal(size=(n, 8)).astype(np.float32) for n in (60, 60, 40, 40))
+    r = gzsl_evaluate(seen_a2v, seen_v2a, seen_labels, unseen_a2v, unseen_v2a, unseen_labels, unseen, alpha=0.3,
+                      gamma=0.5, gammas=np.array([0.0, 0.5]), grid=EvalGrid(alphas=(0.0, 0.5, 1.0), gammas=(0.0, 1.0)))
+    seen, unseen_scores = fuse_scores(seen_a2v, seen_v2a, 0.3), fuse_scores(unseen_a2v, unseen_v2a, 0.3)
+    area = brute_force_ausuc(seen, seen_labels, unseen_scores, unseen_labels, unseen)[0]
+    assert r.AUSUC == r.summary()["AUSUC"] == r.seen_unseen.ausuc == pytest.approx(area, abs=1e-12)
+    other = fuse_scores(seen_a2v, seen_v2a, 1.0), seen_labels, fuse_scores(unseen_a2v, unseen_v2a, 1.0), unseen_labels
+    assert abs(brute_force_ausuc(*other, unseen)[0] - r.AUSUC) > 1e-3  # the alpha matters: this is the right one
+    assert r.seen_unseen.at(0.5) == pytest.approx((r.U, r.S))  # the operating point lies on the curve
+    seen_classes = ~unseen[r.classes.classes]
+    assert r.classes.accuracy[seen_classes].mean() == pytest.approx(r.S)
+    assert r.classes.accuracy[~seen_classes].mean() == pytest.approx(r.U)
+    assert r.classes.images.sum() == 100
+
+
+def test_a_thinned_curve_keeps_its_ends_and_at_most_the_points_asked_for():
+    rng = np.random.default_rng(2)
+    unseen = np.array([False] * 5 + [True] * 5)
+    curve = seen_unseen_curve(rng.normal(size=(400, 10)), rng.integers(0, 5, 400), rng.normal(size=(300, 10)),
+                              rng.integers(5, 10, 300), unseen)
+    assert curve.unseen_acc.size > 100
+    u, s = curve.thinned(50)
+    assert len(u) == len(s) <= 50 and (u[0], s[0], u[-1], s[-1]) == (curve.unseen_acc[0], curve.seen_acc[0],
+                                                                      curve.unseen_acc[-1], curve.seen_acc[-1])
+    assert np.all(np.diff(u) >= 0) and np.all(np.diff(s) <= 0)  # still the curve, in order
+    u, s = curve.thinned(10_000)  # fewer states than asked: all of them
+    np.testing.assert_array_equal(u, curve.unseen_acc)
