@@ -46,7 +46,7 @@ def _finish(fig, ax, path: Path, *, xlabel: str, ylabel: str, title: str, handle
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(handles=handles, fontsize=8) if handles else ax.legend(fontsize=8)
+    ax.legend(handles=handles, fontsize=8)  # handles None: the labelled artists
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -196,7 +196,8 @@ class Refits:
         if self.baseline:
             record["baseline"] = [r.to_dict() for r in self.baseline]
             record["baseline_stats"] = {k: v.as_dict() for k, v in self.stats(BASELINE).items()}
-            record.update({f"delta_{key}": self.delta(key).as_dict() for key in DELTA_KEYS if self.delta(key)})
+            record.update({f"delta_{key}": delta.as_dict() for key in DELTA_KEYS
+                           if (delta := self.delta(key)) is not None})
         return record
 
 
