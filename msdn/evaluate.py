@@ -95,7 +95,8 @@ def evaluate_model(
     device: torch.device | str = "cpu",
     feature_cache: Tensor | None = None,
 ) -> GZSLResult:
-    """S/U/H at (`alpha`, `gamma`), ZSL accuracy, the settings `grid` and the calibration curve, from one forward pass.
+    """S/U/H at (`alpha`, `gamma`), ZSL accuracy, AUSUC at `alpha`, the settings `grid`, the calibration and
+    seen-unseen curves and the per-class accuracies, from one forward pass.
 
     Both sub-nets' scores are kept, so the settings grid (alpha x gamma; None: `alpha` x `gammas`) costs no
     further forward pass (`msdn.metrics.gzsl_evaluate`).
@@ -239,7 +240,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(summary))
     else:
         print(f"{args.dataset} ({config.protocol} split, alpha={config.alpha}, gamma={config.gamma}): "
-              f"S={summary['S']:.4f} U={summary['U']:.4f} H={summary['H']:.4f} ZSL={summary['zsl_acc']:.4f} | "
+              f"S={summary['S']:.4f} U={summary['U']:.4f} H={summary['H']:.4f} ZSL={summary['zsl_acc']:.4f} "
+              f"AUSUC={summary['AUSUC']:.4f} | "
               f"grid alpha {summary['grid_alpha']:.2f} gamma {summary['grid_gamma']:.2f}: H={summary['H_grid']:.4f}")
     return 0
 

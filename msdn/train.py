@@ -202,8 +202,8 @@ def format_epoch(m: dict[str, Any], total_epochs: int) -> str:
     return (
         f"epoch {m['epoch']:3d}/{total_epochs} | loss {m['loss']:.4f} (ce {m['loss_ce']:.4f} cal {m['loss_cal']:.4f} "
         f"dis {m['loss_dis']:.4f}) | S {m['S']:.4f} U {m['U']:.4f} H {m['H']:.4f} ZSL {m['zsl_acc']:.4f} "
-        f"@gamma {m['gamma']:.2f} | grid alpha {m['grid_alpha']:.2f} gamma {m['grid_gamma']:.2f}: "
-        f"H {m['H_grid']:.4f} | {m['epoch_time']:.1f}s"
+        f"@gamma {m['gamma']:.2f} | AUSUC {m['AUSUC']:.4f} | grid alpha {m['grid_alpha']:.2f} "
+        f"gamma {m['grid_gamma']:.2f}: H {m['H_grid']:.4f} | {m['epoch_time']:.1f}s"
     )
 
 

@@ -360,3 +360,96 @@ def test_a_hard_killed_study_resumed_makes_mlflow_agree_with_tunes_record(tmp_pa
     assert runs[lagging.trial_id].data.tags["epochs_trained"] == "4"
     parent = resumed.parent_run()
     assert parent.info.status == "FINISHED" and parent.data.tags[NOTE_TAG] == study_description(outcome)
+
+
+@pytest.fixture(scope="module")
+def completed_study(tmp_path_factory, mlflow_uri, synthetic_root):
+    """The recorded 10-trial study with its refits, ended once for the tests below that only read what it left."""
+    tmp_path = tmp_path_factory.mktemp("completed")
+    records = COMPLETED["records"]
+    study = Study(tmp_path, mlflow_uri, synthetic_root, records)
+    journal = Path(study.opts.storage_path) / EXPERIMENT / "optuna_study.journal"
+    journal.parent.mkdir(parents=True)
+    journal.write_bytes((DATA / "optuna_study.journal").read_bytes())
+    store_recorded_refits(study, records, COMPLETED["refits"])
+    with study.counter:
+        for record in records:
+            study.run(record.trial_id)
+    return study, study.conclude(records)
+
+
+def read_csv(study: Study, run_id: str, path: str) -> list[dict]:
+    import csv
+
+    local = study.client().download_artifacts(run_id, path, str(study.folder / run_id))
+    with open(local, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_completed_study_gives_ausuc_with_intervals_and_the_paired_difference(completed_study):
+    from msdn.study.stats import paired_difference, t_interval
+
+    study, outcome = completed_study
+    refits, metrics = outcome.refits, study.parent_run().data.metrics
+    assert 0.0 < outcome.best.best["AUSUC"] < 1.0 and metrics["best_AUSUC"] == pytest.approx(outcome.best.best["AUSUC"])
+    for prefix, results in (("test", refits.tuned), ("baseline_test", refits.baseline)):
+        interval = t_interval([r.metrics["AUSUC"] for r in results])
+        assert [metrics[f"{prefix}_AUSUC_{s}"] for s in ("mean", "std", "ci_low", "ci_high")] == pytest.approx(
+            [interval.mean, interval.sd, interval.low, interval.high])
+    assert metrics["test_AUSUC"] == pytest.approx(metrics["test_AUSUC_mean"])
+    by_seed = {r.seed: r.metrics["AUSUC"] for r in refits.baseline}
+    delta = paired_difference([r.metrics["AUSUC"] for r in refits.tuned], [by_seed[r.seed] for r in refits.tuned])
+    assert [metrics[f"delta_AUSUC_{s}"] for s in ("mean", "std", "ci_low", "ci_high")] == pytest.approx(
+        [delta.mean, delta.sd, delta.low, delta.high])
+    # the refit table: a row of AUSUC (in %) for both configurations, and the paired difference under that of H
+    table = "\n".join(study.console)
+    (row,) = [line for line in study.console if line.startswith("  AUSUC ")]
+    assert f"{100 * metrics['test_AUSUC_mean']:.2f} ± " in row and f"{100 * metrics['baseline_test_AUSUC_mean']:.2f} ± " in row
+    assert f"delta AUSUC (tuned - authors', paired by seed): {100 * delta.mean:+.2f} points" in table
+    assert table.index("delta H (tuned") < table.index("delta AUSUC (tuned")
+    summary = outcome.refits.to_dict()
+    assert summary["delta_AUSUC"]["mean"] == pytest.approx(delta.mean) and "AUSUC" in summary["tuned_stats"]
+
+
+def test_a_completed_study_logs_the_seen_unseen_curves_and_the_per_class_tables(completed_study):
+    study, outcome = completed_study
+    parent = study.parent_run()
+    plots = {a.path for a in study.client().list_artifacts(parent.info.run_id, "plots")}
+    assert {"plots/seen_unseen_curve_best_trial.png", "plots/seen_unseen_curve_refits_test.png",
+            "plots/per_class_difference.png"} <= plots
+    # each refit run: its per-class test accuracies, whose means over the seen and the unseen classes are its S and U
+    names = {}
+    for run in study.refit_runs():
+        rows = read_csv(study, run.info.run_id, "per_class_accuracy.csv")
+        assert list(rows[0]) == ["class_id", "class", "group", "images", "accuracy"]
+        for group, figure in (("seen", "S"), ("unseen", "U")):
+            accuracies = [float(r["accuracy"]) for r in rows if r["group"] == group]
+            assert sum(accuracies) / len(accuracies) == pytest.approx(run.data.metrics[figure], abs=1e-5)
+        assert all(int(r["images"]) > 0 for r in rows)
+        names.update({int(r["class_id"]): r["class"] for r in rows})
+    assert names[0] == "001.synthetic_class_00"  # the benchmark's class names (allclasses_names)
+    # the parent: every class's mean over seeds for both configurations, their difference, largest gain first
+    rows = read_csv(study, parent.info.run_id, "per_class/per_class_difference.csv")
+    assert len(rows) == len(names) and {int(r["class_id"]) for r in rows} == set(names)
+    differences = [float(r["difference"]) for r in rows]
+    assert differences == sorted(differences, reverse=True) and differences[0] > 0 > differences[-1]
+    for r in rows:
+        assert float(r["difference"]) == pytest.approx(float(r["tuned"]) - float(r["authors"]), abs=2e-6)
+    tuned_s = sum(r.metrics["S"] for r in outcome.refits.tuned) / len(outcome.refits.tuned)
+    seen = [float(r["tuned"]) for r in rows if r["group"] == "seen"]
+    assert sum(seen) / len(seen) == pytest.approx(tuned_s, abs=1e-5)  # the mean over seeds of each seed's S
+
+
+def test_every_metric_key_a_study_logs_is_defined_in_docs_mlflow_md(completed_study):
+    from metric_docs import undocumented
+
+    study, _ = completed_study
+    keys = {"trial": set(), "refit": set(), "parent": set(study.parent_run().data.metrics)}
+    for run in study.trial_runs().values():
+        keys["trial"] |= set(run.data.metrics)
+    for run in study.refit_runs():
+        keys["refit"] |= set(run.data.metrics)
+    assert {"AUSUC", "H", "loss", "time_to_driver"} <= keys["trial"] and "AUSUC" in keys["refit"]
+    assert {"test_AUSUC_ci_high", "delta_AUSUC_mean", "importance.lr"} <= keys["parent"]
+    assert {kind: undocumented(names, kind) for kind, names in keys.items()} == {"trial": [], "refit": [],
+                                                                                 "parent": []}

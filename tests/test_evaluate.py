@@ -109,3 +109,33 @@ def test_evaluation_grid_equals_separate_evaluations_of_the_model(synthetic_root
     assert single.grid.harmonic.shape == (1, 1)  # no grid given: the configured alpha x the gammas given
     alone = evaluate_model(*args, alpha=0.5, gamma=1.0, gammas=np.array([1.0]), grid=EvalGrid(None, None))
     assert alone.grid.harmonic.shape == (1, 1) and alone.summary()["H_grid"] == alone.H
+
+
+def test_evaluate_json_reports_the_ausuc_of_the_checkpoints_scores(tmp_path, synthetic_root, capsys):
+    """`msdn.evaluate --json` on a checkpoint: AUSUC equals the brute force (tests/test_ausuc.py) of the same
+    model's fused scores at the checkpoint's alpha, on the split it evaluates."""
+    import json
+
+    from test_ausuc import brute_force_ausuc
+
+    from msdn.config import default_config
+    from msdn.evaluate import main, subnet_scores
+    from msdn.metrics import fuse_scores
+    from msdn.train import Trainer
+
+    config = default_config("synthetic", data_root=str(synthetic_root), epochs=1, device="cpu", alpha=0.7)
+    trainer = Trainer(config, progress=None)
+    trainer.train_epoch()
+    trainer.epoch += 1
+    trainer.save(tmp_path / "run.pt")
+    assert main(["--dataset", "synthetic", "--data-root", str(synthetic_root), "--checkpoint",
+                 str(tmp_path / "run.pt"), "--device", "cpu", "--json"]) == 0
+    reported = json.loads(capsys.readouterr().out)
+    split = trainer.split
+    scores = [fuse_scores(*subnet_scores(trainer.model, trainer.bench.features, idx,
+                                         batch_size=config.eval_batch_size), 0.7)
+              for idx in (split.eval_seen_idx, split.eval_unseen_idx)]
+    area, u, s, _ = brute_force_ausuc(scores[0], split.labels[split.eval_seen_idx], scores[1],
+                                      split.labels[split.eval_unseen_idx], ~split.seen)
+    assert 0.0 < reported["AUSUC"] < 1.0 and reported["AUSUC"] == pytest.approx(area, abs=1e-9)
+    assert u[-1] > 0.0 and s[0] > 0.0  # a model that learnt something: the curve spans both axes

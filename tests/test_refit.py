@@ -26,7 +26,7 @@ from msdn.study.trainable import DataSpec
 from msdn.study.tracking.parent import refit_metrics
 
 REPO = Path(__file__).resolve().parents[1]
-FIGURES = ("S", "U", "H", "zsl_acc")
+FIGURES = ("S", "U", "H", "zsl_acc", "AUSUC")
 
 
 def study_options(tmp_path: Path, data_root: Path | str = "data", **changes) -> StudyOptions:
@@ -47,8 +47,8 @@ def best(seed: int = 77, best_epoch: int = 2, params: dict | None = None, **best
 
 
 def fake(config: str, seed: int, H: float, S: float = 0.6) -> RefitResult:
-    metrics = {"S": S, "U": 0.5, "H": H, "zsl_acc": 0.55, "gamma": 2.0, "H_grid": H + 0.01, "S_grid": S, "U_grid": 0.5,
-               "grid_alpha": 0.9, "grid_gamma": 1.5}
+    metrics = {"S": S, "U": 0.5, "H": H, "zsl_acc": 0.55, "AUSUC": H - 0.2, "gamma": 2.0, "H_grid": H + 0.01,
+               "S_grid": S, "U_grid": 0.5, "grid_alpha": 0.9, "grid_gamma": 1.5}
     return RefitResult(metrics=metrics, epochs=2 if config == TUNED else 10, seed=seed, train_time=3.0,
                        curve={}, config=config)
 
@@ -129,6 +129,11 @@ def test_refits_statistics_and_the_parent_runs_figures():
     assert not [k for k in metrics if "best" in k]
     assert (metrics["delta_H_mean"], metrics["delta_H_ci_low"], metrics["delta_H_ci_high"]) == (
         expected.mean, expected.low, expected.high)
+    ausuc = paired_difference([0.42, 0.38, 0.46], [0.40, 0.35, 0.41])  # AUSUC: H - 0.2 in fake()
+    assert [metrics[f"delta_AUSUC_{s}"] for s in ("mean", "std", "ci_low", "ci_high")] == pytest.approx(
+        [ausuc.mean, ausuc.sd, ausuc.low, ausuc.high])
+    assert metrics["test_AUSUC"] == pytest.approx(0.42) and metrics["baseline_test_AUSUC_mean"] == pytest.approx(
+        (0.41 + 0.40 + 0.35) / 3)
     for prefix in ("test", "baseline_test"):
         for key in FIGURES:
             assert {f"{prefix}_{key}_{s}" for s in ("mean", "std", "ci_low", "ci_high")} <= set(metrics)
@@ -140,6 +145,12 @@ def test_refits_statistics_and_the_parent_runs_figures():
     assert not [k for k in single if k.endswith(("_std", "_ci_low", "_ci_high")) or k.startswith(("delta", "baseline"))]
     record = json.loads(json.dumps(refits.to_dict()))
     assert record["seeds"] == [1, 2, 3] and record["delta_H"]["mean"] == pytest.approx(expected.mean)
+    assert record["delta_AUSUC"]["mean"] == pytest.approx(ausuc.mean)
+    # results stored by an earlier version have no AUSUC: their figures without it, nothing made up
+    old = [RefitResult(**{**r.__dict__, "metrics": {k: v for k, v in r.metrics.items() if k != "AUSUC"}})
+           for r in refits.tuned]
+    earlier = refit_metrics(Refits(tuned=old, baseline=refits.baseline))
+    assert "test_H_mean" in earlier and not [k for k in earlier if "AUSUC" in k and not k.startswith("baseline")]
 
 
 def test_refit_child_runs_are_logged_once_even_when_logged_again_on_resume(tmp_path):
@@ -151,7 +162,10 @@ def test_refit_child_runs_are_logged_once_even_when_logged_again_on_resume(tmp_p
     c = tracking.client(uri)
     experiment_id = c.create_experiment("refits", artifact_location=(tmp_path / "artifacts").as_uri())
     parent_id = c.create_run(experiment_id, tags={tracking.STUDY_TAG: "parent"}).info.run_id
-    refit = RefitResult(**{**fake(BASELINE, 5, 0.6).__dict__, "train_config": default_config("synthetic").to_dict()})
+    classes = {"class_id": [3, 7], "class": ["003.a", "008.b"], "group": ["seen", "unseen"], "images": [4, 2],
+               "accuracy": [0.75, 0.5]}
+    refit = RefitResult(**{**fake(BASELINE, 5, 0.6).__dict__, "train_config": default_config("synthetic").to_dict(),
+                           "classes": classes})
     writer = TrackingWriter(uri, progress=None)
     parent = ParentRun(writer, experiment_id, parent_id)
     try:
@@ -168,6 +182,11 @@ def test_refit_child_runs_are_logged_once_even_when_logged_again_on_resume(tmp_p
     assert (run.data.tags[REFIT_CONFIG_TAG], run.data.tags[REFIT_SEED_TAG]) == ("baseline", "5")
     assert run.data.params["lr"] == str(DATASET_DEFAULTS["synthetic"]["lr"]) and run.data.params["epochs"] == "10"
     assert run.data.metrics["H"] == 0.6 and run.data.metrics["train_time"] == 3.0
+    assert run.data.metrics["AUSUC"] == pytest.approx(0.4)
+    (artifact,) = c.list_artifacts(run.info.run_id)  # its per-class test accuracies, logged once
+    local = c.download_artifacts(run.info.run_id, artifact.path, str(tmp_path))
+    assert artifact.path == "per_class_accuracy.csv" and Path(local).read_text() == (
+        "class_id,class,group,images,accuracy\n3,003.a,seen,4,0.750000\n7,008.b,unseen,2,0.500000\n")
 
 
 def last_json_line(text: str) -> dict:
@@ -190,6 +209,15 @@ def test_best_config_retrains_the_refit_exactly_and_its_checkpoint_evaluates_to_
     assert result.threads == 1 and result.device == "cpu"
     assert (result.config, result.seed, result.epochs) == (TUNED, 5, 2)
     assert 0.0 < result.metrics["H"] <= 1.0  # trained, not a degenerate model whose figures would match trivially
+    # the same single test evaluation gives the seen-unseen curve (thinned) and the per-class accuracies
+    assert 0.0 < result.metrics["AUSUC"] < 1.0 and 2 < len(result.seen_unseen["curve_su_U"]) <= 200
+    assert result.seen_unseen["curve_su_U"][0] == 0.0 and result.seen_unseen["curve_su_S"][-1] == pytest.approx(0.0)
+    classes = result.classes
+    assert classes["class"][0] == "001.synthetic_class_00" and sum(classes["images"]) > 0
+    for group, figure in (("seen", "S"), ("unseen", "U")):
+        accuracies = [a for a, g in zip(classes["accuracy"], classes["group"]) if g == group]
+        assert sum(accuracies) / len(accuracies) == pytest.approx(result.metrics[figure])
+    assert RefitResult.from_json(json.loads(json.dumps(result.to_json()))) == result  # what the storage keeps
 
     where, local = write_best_config(opts, spec.train_config, tmp_path, result)
     exported = tmp_path / "results" / "exp" / BEST_CONFIG_FILE

@@ -159,7 +159,8 @@ def test_summary_and_end_lines(space, tmp_path):
     lines = end_lines(result)
     assert lines[0] == "\n2 trials: 1 completed, 1 errored"
     assert lines[1].startswith("best trial c at epoch 2: H=0.7000")
-    assert lines[2] == "TEST (refit on trainval, 2 epochs, gamma=0.50): S=0.5000 U=0.5000 H=0.5000 ZSL=0.5000"
+    assert lines[2] == ("TEST (refit on trainval, 2 epochs, gamma=0.50): S=0.5000 U=0.5000 H=0.5000 ZSL=0.5000 "
+                        "AUSUC=0.5000")
     at = lines.index("best configuration: /r/msdn/best_config.yaml")
     assert lines[at + 1] == ("  rerun it: OMP_NUM_THREADS=1 python -m msdn.train --dataset synthetic --device cpu "
                              "--config /r/msdn/best_config.yaml")  # the refit's device and threads
@@ -251,3 +252,41 @@ def test_settings_grid_lines_say_where_alpha_and_gamma_were_chosen():
     assert "selected on TEST" in configured and grid.endswith("(alpha, gamma and epoch selected on TEST)")
     assert "alpha=0.85 gamma=2.10: S=0.6000 U=0.4300 H=0.5000" in grid
     assert grid_lines(epoch(3, 0.4), "val") == [] and grid_lines(epoch(3, 0.4, H_grid=NAN), "paper") == []
+
+
+def test_refit_table_gives_ausuc_and_its_paired_difference_after_h():
+    def scored(config: str, seed: int, H: float, ausuc: float, epochs: int = 2) -> RefitResult:
+        result = refit(config, seed, H, epochs)
+        return dataclasses.replace(result, metrics={**result.metrics, "AUSUC": ausuc})
+
+    refits = Refits(tuned=[scored(TUNED, s, H, A) for s, H, A in ((1, 0.62, 0.40), (2, 0.58, 0.36), (3, 0.66, 0.44))],
+                    baseline=[scored(BASELINE, s, H, A, 10) for s, H, A in ((1, 0.5, 0.30), (2, 0.49, 0.31),
+                                                                            (3, 0.53, 0.32))])
+    lines = refit_lines(refits)
+    assert [line.split()[0] for line in lines[3:8]] == ["S", "U", "H", "ZSL", "AUSUC"]
+    # AUSUC of the tuned configuration: mean 40.00, sd 4.00, interval [30.06, 49.94]; the authors': 31.00 ± 1.00
+    assert "40.00 ± 4.00 [30.06, 49.94]" in lines[7] and "31.00 ± 1.00" in lines[7]
+    # per-seed differences 10, 5, 12: mean 9.00, sd 3.61, interval 9 ± 4.303 * 3.606 / sqrt(3) = [0.04, 17.96]
+    assert lines[8].startswith("delta H (tuned - authors', paired by seed)")
+    assert lines[10:] == ["delta AUSUC (tuned - authors', paired by seed): +9.00 points, 95% interval [+0.04, +17.96]",
+                          "  (t interval of the 3 per-seed differences): the tuned configuration is better"]
+    single = refit_lines(Refits(tuned=[scored(TUNED, 1, 0.5, 0.4)], baseline=[scored(BASELINE, 1, 0.45, 0.35, 10)]))
+    assert single[0].endswith("H=0.5000 ZSL=0.6000 AUSUC=0.4000") and single[1].endswith("AUSUC=0.3500")
+    assert single[4:] == ["delta AUSUC (tuned - authors', same seed): +5.00 points",
+                          "  (one seed: no interval; --refit-seeds 3 or more gives one)"]
+
+
+def test_ausuc_is_a_score_a_study_can_maximise_and_the_refits_summarise(tmp_path):
+    from msdn.study.results import DELTA_KEYS, REFIT_KEYS
+    from msdn.study.search_space import SearchSpaceError
+
+    assert "AUSUC" in SCORE_KEYS and "AUSUC" in HEADLINE_KEYS and METRICS["AUSUC"] == "max"
+    assert REFIT_KEYS == ("S", "U", "H", "zsl_acc", "AUSUC") and DELTA_KEYS == ("H", "AUSUC")
+    text = (Path(__file__).parent / "data" / "study" / "space.yaml").read_text().replace("metric: H_grid",
+                                                                                          "metric: AUSUC")
+    (tmp_path / "ausuc.yaml").write_text(text)
+    space = load_search_space(tmp_path / "ausuc.yaml", dataset="synthetic")
+    assert (space.metric, space.mode) == ("AUSUC", "max")
+    (tmp_path / "min.yaml").write_text(text.replace("mode: max", "mode: min"))
+    with pytest.raises(SearchSpaceError, match="expected mode: max"):
+        load_search_space(tmp_path / "min.yaml", dataset="synthetic")

@@ -70,7 +70,7 @@ def mlflow_runs(db: Path, experiment: str = EXPERIMENT):
 @pytest.mark.slow
 def test_small_study_end_to_end(tmp_path, data_root):
     out = run_study(tmp_path, "--dataset", "synthetic", "--data-root", str(data_root), "--num-samples", "5",
-                    "--max-epochs", "4", "--seed", "3", "--refit-seeds", "1", "--no-baseline")
+                    "--max-epochs", "4", "--seed", "3", "--refit-seeds", "1")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "top trials" in out.stdout and "TEST (refit on trainval" in out.stdout
     client, parents, children = mlflow_runs(tmp_path / "mlflow.db")
@@ -78,15 +78,32 @@ def test_small_study_end_to_end(tmp_path, data_root):
     parent = parents[0]
     assert parent.info.status == "FINISHED" and parent.data.tags["protocol"] == "val"
     assert parent.data.params["dataset"] == "synthetic"
-    for key in ("test_S", "test_U", "test_H", "test_zsl_acc", "best_H"):
+    for key in ("test_S", "test_U", "test_H", "test_zsl_acc", "test_AUSUC", "baseline_test_AUSUC_mean", "best_H",
+                "best_AUSUC"):
         assert 0.0 <= parent.data.metrics[key] <= 1.0, key
+    assert "delta_AUSUC_mean" in parent.data.metrics and "delta_AUSUC_ci_low" not in parent.data.metrics  # 1 seed
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
     assert artifacts >= {"plots/calibration_curve_best_trial.png", "plots/optimisation_history.png",
-                         "plots/calibration_curve_refit_test.png", "plots/settings_grid_best_trial.png"}
+                         "plots/calibration_curve_refit_test.png", "plots/settings_grid_best_trial.png",
+                         "plots/seen_unseen_curve_best_trial.png", "plots/seen_unseen_curve_refits_test.png",
+                         "plots/per_class_difference.png"}
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "per_class")} == {
+        "per_class/per_class_difference.csv"}
+    refits = [r for r in client.search_runs([parent.info.experiment_id], "tags.`msdn.study` = 'refit'")]
+    assert sorted(r.data.tags["refit.config"] for r in refits) == ["baseline", "tuned"]
+    for refit in refits:  # each with its per-class test accuracies
+        assert [a.path for a in client.list_artifacts(refit.info.run_id)] == ["per_class_accuracy.csv"]
+    # every metric key the study logged is defined in docs/mlflow.md
+    from metric_docs import undocumented
+
+    keys = {"parent": set(parent.data.metrics), "refit": {k for r in refits for k in r.data.metrics},
+            "trial": {k for r in children for k in r.data.metrics}}
+    assert {kind: undocumented(names, kind) for kind, names in keys.items()} == dict.fromkeys(keys, [])
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "search_space")} == {"search_space/synthetic.yaml"}
-    # one refit: its checkpoint and the exported configuration, also next to the results (the path is printed)
-    (checkpoint,) = client.list_artifacts(parent.info.run_id, "refit_checkpoints")
-    assert checkpoint.path.startswith("refit_checkpoints/tuned-seed")
+    # one seed: the tuned and the authors' refit checkpoints, and the exported configuration, also next to the
+    # results (the path is printed)
+    checkpoints = sorted(a.path for a in client.list_artifacts(parent.info.run_id, "refit_checkpoints"))
+    assert [path.split("/")[1].split("-")[0] for path in checkpoints] == ["baseline", "tuned"]
     assert "best_config.yaml" in {a.path for a in client.list_artifacts(parent.info.run_id)}
     best_config = tmp_path / "results" / EXPERIMENT / "best_config.yaml"
     assert f"best configuration: {best_config}" in out.stdout and "protocol: paper" in best_config.read_text()

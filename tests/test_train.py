@@ -31,7 +31,7 @@ def test_training_learns_and_beats_chance(synthetic):
     chance = 1 / len(split.class_ids)
     assert last["U"] > 5 * chance and last["H"] > 5 * chance
     assert history[-1]["loss"] < history[0]["loss"]
-    for key in ("S", "U", "H", "zsl_acc", "H_grid", "S_grid", "U_grid"):
+    for key in ("S", "U", "H", "zsl_acc", "AUSUC", "H_grid", "S_grid", "U_grid"):
         assert 0.0 <= last[key] <= 1.0
     # no study grid: the grid is the configured alpha x the gamma sweep, which holds gamma=2, so its best is at
     # least as good, and the calibration curve is its row
@@ -58,7 +58,7 @@ def test_resume_gives_the_uninterrupted_result(synthetic, tmp_path):
     rest = list(resumed.run())
     assert len(rest) == 2
     for a, b in zip(full[1:], rest):
-        for key in ("loss", "S", "U", "H", "zsl_acc", "H_grid", "grid_gamma"):
+        for key in ("loss", "S", "U", "H", "zsl_acc", "AUSUC", "H_grid", "grid_gamma"):
             assert a[key] == b[key], key
     for name, p in straight.model.state_dict().items():
         torch.testing.assert_close(p, resumed.model.state_dict()[name], rtol=0, atol=0)
@@ -99,7 +99,8 @@ def test_cli_json_output_and_overrides(synthetic, tmp_path):
     assert out.returncode == 0, out.stderr
     lines = [json.loads(line) for line in out.stdout.strip().splitlines()]
     assert [m["epoch"] for m in lines] == [1, 2]  # the flag beat the YAML's epochs: 5
-    for key in ("epoch", "loss", "S", "U", "H", "zsl_acc", "H_grid", "S_grid", "U_grid", "grid_alpha", "grid_gamma"):
+    for key in ("epoch", "loss", "S", "U", "H", "zsl_acc", "AUSUC", "H_grid", "S_grid", "U_grid", "grid_alpha",
+                "grid_gamma"):
         assert key in lines[-1]
     assert lines[-1]["grid_alpha"] == 0.8  # the configured alpha: no study grid here
     state = torch.load(tmp_path / "run.pt", weights_only=True)
@@ -120,7 +121,18 @@ def test_cli_json_output_and_overrides(synthetic, tmp_path):
     )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert set(result) >= {"S", "U", "H", "zsl_acc"} and 0 <= result["H"] <= 1
+    assert set(result) >= {"S", "U", "H", "zsl_acc", "AUSUC"} and 0 <= result["H"] <= 1 and 0 < result["AUSUC"] < 1
+
+
+def test_the_epoch_line_gives_every_figure():
+    from msdn.train import format_epoch
+
+    m = {"epoch": 3, "loss": 1.5, "loss_ce": 1.0, "loss_cal": 0.25, "loss_dis": 0.125, "S": 0.6, "U": 0.5, "H": 0.545,
+         "zsl_acc": 0.7, "AUSUC": 0.4321, "gamma": 2.0, "grid_alpha": 0.9, "grid_gamma": 1.5, "H_grid": 0.6,
+         "epoch_time": 1.25}
+    assert format_epoch(m, 5) == ("epoch   3/5 | loss 1.5000 (ce 1.0000 cal 0.2500 dis 0.1250) | S 0.6000 U 0.5000 "
+                                  "H 0.5450 ZSL 0.7000 @gamma 2.00 | AUSUC 0.4321 | grid alpha 0.90 gamma 1.50: "
+                                  "H 0.6000 | 1.2s")
 
 
 def test_bad_configuration_is_reported(tmp_path):

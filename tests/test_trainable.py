@@ -278,3 +278,22 @@ def test_the_settings_grid_is_reported_where_the_study_metric_improves():
     assert lists == {"curve_grid_alpha": [0.5, 1.0], "curve_grid_gamma": [0.0, 2.0],
                      "curve_grid_H": [[0.1235, 0.5], [0.25, 0.0]]}
 
+
+
+def test_the_seen_unseen_curve_is_reported_thinned_as_lists():
+    import numpy as np
+
+    from msdn.metrics import seen_unseen_curve
+    from msdn.study.trainable import SU_CURVE_KEYS, SU_CURVE_POINTS, seen_unseen_lists
+
+    rng = np.random.default_rng(0)
+    unseen = np.arange(10) >= 5
+    labels = rng.integers(0, 5, 3000), rng.integers(5, 10, 3000)
+    scores = [np.eye(10)[y] + rng.normal(scale=0.8, size=(3000, 10)) for y in labels]
+    curve = seen_unseen_curve(scores[0], labels[0], scores[1], labels[1], unseen)
+    assert curve.unseen_acc.size > SU_CURVE_POINTS  # enough states to be thinned
+    lists = seen_unseen_lists(curve)
+    assert list(lists) == list(SU_CURVE_KEYS) and all(isinstance(v, list) for v in lists.values())
+    u, s = lists["curve_su_U"], lists["curve_su_S"]
+    assert len(u) == len(s) <= SU_CURVE_POINTS and (u[0], s[-1]) == (0.0, 0.0)
+    assert (u[-1], s[0]) == (round(curve.unseen_acc[-1], 5), round(curve.seen_acc[0], 5))

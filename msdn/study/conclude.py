@@ -3,8 +3,8 @@
 `conclude(end, fit)` runs `fit` (in a study, `Tuner.fit` turned into `TrialRecord`s; in the tests, recorded
 records) and everything after it: the trials' summaries and states (`results.trial_summaries` with the
 study's `TrialEnds`), MLflow made to agree with Tune (`MLflowStudyCallback.reconcile`), the top-trials
-table, the best trial, the parameter importances, the refits (`refit`), best_config.yaml, the plots and
-the parent run's results. It fills one `StudyOutcome`, and the console's end lines, the parent run's
+table, the best trial, the parameter importances, the refits (`refit`), best_config.yaml, the plots, the
+per-class tables and the parent run's results. It fills one `StudyOutcome`, and the console's end lines, the parent run's
 description and `study_summary.json` render it. How the study ended:
 
     completed    the trials and refits finished: the parent run FINISHED
@@ -29,7 +29,8 @@ from msdn.study.diskspace import TRACKING_WAIT_S, disk_full_error
 from msdn.study.logs import LOG_NAME
 from msdn.study.options import StudyFailed, StudyOptions, experiment_path, is_uri
 from msdn.study.outcome import FAILED, StudyOutcome
-from msdn.study.plots import importance_plot, refit_plot, study_plots
+from msdn.study.per_class import DIFFERENCE_COLUMNS, class_differences, write_csv
+from msdn.study.plots import class_difference_plot, importance_plot, refit_plot, refit_seen_unseen_plot, study_plots
 from msdn.study.refit import RefitStore, refit_plan, run_refits, tuned_config, write_best_config
 from msdn.study.report import (SUMMARY_FILE, WIDTH, end_lines, format_table, interrupted_lines, summary_dict,
                                unlogged_lines, wrap_lines)
@@ -171,6 +172,12 @@ def _finish(end: StudyEnd, outcome: StudyOutcome, files: Path, names: dict[str, 
         parent.log_refits(outcome.refits)
         checkpoints = {r.name: store.local_checkpoint(r, files) for r in outcome.refits.tuned + outcome.refits.baseline}
         plots.append(refit_plot(files, outcome.refit, opts.dataset))
+        plots.extend(path for path in [refit_seen_unseen_plot(files, outcome.refits, opts.dataset)] if path)
+        differences = class_differences(outcome.refits)
+        if differences is not None:
+            plots.append(class_difference_plot(files, differences, opts.dataset, len(outcome.refits.tuned)))
+            parent.log_class_tables([write_csv(files / "per_class" / "per_class_difference.csv", differences,
+                                               DIFFERENCE_COLUMNS)])
     exported = specs[0].train_config if specs else tuned_config(base, best, int(best.best.get("trial_seed", opts.seed)))
     outcome.best_config_path, best_config = write_best_config(opts, exported, files, outcome.refit)
     outcome.state = COMPLETED

@@ -31,7 +31,8 @@ from msdn.checkpoint import CHECKPOINT_FILE
 from msdn.progress import Progress
 from msdn.study.options import StudyFailed, StudyOptions, experiment_path
 from msdn.study.results import BASELINE, TUNED, RefitResult, Refits, TrialSummary, chosen_settings, refit_name
-from msdn.study.trainable import DataSpec, curve_lists, on_this_worker, trial_config
+from msdn.study.per_class import class_table
+from msdn.study.trainable import DataSpec, curve_lists, on_this_worker, seen_unseen_lists, trial_config
 
 RESULT_FILE = "result.json"
 BEST_CONFIG_FILE = "best_config.yaml"
@@ -180,7 +181,11 @@ class RefitStore:
 
 
 def refit_and_test(spec: RefitSpec, data: DataSpec, store_root: str) -> RefitResult:
-    """Train `spec` on trainval for its epochs, evaluate ONCE on the test split, store result and checkpoint."""
+    """Train `spec` on trainval for its epochs, evaluate ONCE on the test split, store result and checkpoint.
+
+    That one evaluation gives every test figure of the result: the metrics (AUSUC at the configured alpha, which
+    for the tuned configuration is the one its settings grid chose), the curves and the per-class table.
+    """
     import torch
 
     from msdn.config import TrainConfig
@@ -199,7 +204,9 @@ def refit_and_test(spec: RefitSpec, data: DataSpec, store_root: str) -> RefitRes
     evaluation = trainer.evaluate()
     result = RefitResult(metrics=evaluation.summary(), epochs=cfg.epochs, seed=cfg.seed, train_time=train_time,
                          curve=curve_lists(evaluation.curve), config=spec.config, train_config=spec.train_config,
-                         device=str(trainer.device), threads=torch.get_num_threads())
+                         device=str(trainer.device), threads=torch.get_num_threads(),
+                         seen_unseen=seen_unseen_lists(evaluation.seen_unseen),
+                         classes=class_table(evaluation.classes, split.class_ids, split.seen, bench.class_names))
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / CHECKPOINT_FILE
         trainer.save(path, refit=spec.name)
@@ -209,14 +216,17 @@ def refit_and_test(spec: RefitSpec, data: DataSpec, store_root: str) -> RefitRes
 def result_line(result: RefitResult) -> str:
     m = result.metrics
     return (f"refit {result.name} ({result.epochs} epochs, {result.train_time:.0f} s): test S={m['S']:.4f} "
-            f"U={m['U']:.4f} H={m['H']:.4f} ZSL={m['zsl_acc']:.4f}")
+            f"U={m['U']:.4f} H={m['H']:.4f} ZSL={m['zsl_acc']:.4f}"
+            + (f" AUSUC={m['AUSUC']:.4f}" if "AUSUC" in m else ""))  # none in a result stored by an earlier version
 
 
 def run_refits(opts: StudyOptions, specs: list[RefitSpec], resources: dict[str, float], store: RefitStore,
-               on_result: Callable[[RefitResult], None] = lambda _r: None, progress: Progress = print) -> Refits:
+               on_result: Callable[[RefitResult], None] = lambda _r: None, progress: Progress = print,
+               stop=None) -> Refits:
     """Run the refits not already in `store` as parallel Ray tasks; `on_result` sees every result, stored or new.
 
-    A stop request (KeyboardInterrupt) cancels the refits still running and propagates: the finished
+    A stop request (KeyboardInterrupt; or `stop.requested`, seen within a second, when this runs in another
+    thread than the signals: msdn.study.multirun) cancels the refits still running and propagates: the finished
     ones stay stored, and --resume runs only the others. A failed refit fails the study (StudyFailed).
     """
     import ray
@@ -239,6 +249,8 @@ def run_refits(opts: StudyOptions, specs: list[RefitSpec], resources: dict[str, 
     pending = {task.remote(spec, data, store.root): spec for spec in specs if spec.name not in results}
     try:
         while pending:
+            if stop is not None and stop.requested:
+                raise KeyboardInterrupt(stop.signal_name)
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)  # returns often: Ctrl+C is seen at once
             for ref in ready:
                 spec = pending.pop(ref)

@@ -4,7 +4,7 @@ Plain text for a person reading the terminal. The end is rendered from the study
 (`msdn.study.outcome.StudyOutcome`): `end_lines` for a completed study, `interrupted_lines`, `unlogged_lines`;
 `summary_dict` is the same content as JSON for the parent run's `study_summary.json`. The end holds the
 refits' table (`refit_lines`): test figures of the tuned and the authors' configuration over seeds, and
-their paired difference of H.
+their paired differences of H and AUSUC.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Any, Sequence
 from msdn.study.options import StudyOptions, experiment_path
 from msdn.study.refit import repeat_command
 from msdn.study.outcome import StudyOutcome
-from msdn.study.results import BASELINE, REFIT_KEYS, TUNED, Refits, TrialSummary
+from msdn.study.results import BASELINE, DELTA_KEYS, REFIT_KEYS, TUNED, Refits, TrialSummary
 from msdn.study.stats import Interval
 from msdn.study.search_space import METRICS, SearchSpace
 
@@ -182,7 +182,7 @@ def end_lines(outcome: StudyOutcome) -> list[str]:
     lines = [
         f"\n{len(outcome.trials)} trials: " + ", ".join(f"{n} {s}" for s, n in sorted(outcome.counts.items())),
         f"best trial {best.trial_id} at epoch {best.best_epoch}: {outcome.metric}={b[outcome.metric]:.4f} "
-        f"(S={b['S']:.4f} U={b['U']:.4f} H={b['H']:.4f})\n"
+        f"(S={b['S']:.4f} U={b['U']:.4f} H={b['H']:.4f}{_ausuc(b, ' ')})\n"
         + "\n".join(_wrap("params " + " ".join(f"{k}={_fmt(v)}" for k, v in best.params.items()))),
     ]
     lines.extend(grid_lines(b, outcome.protocol))
@@ -234,14 +234,19 @@ def grid_lines(best: dict[str, Any], protocol: str) -> list[str]:
     return [f"settings grid at the best epoch, chosen on validation: {chosen}\n  (the refit uses this alpha and gamma)"]
 
 
-REFIT_HEADERS = {"S": "S", "U": "U", "H": "H", "zsl_acc": "ZSL"}
+REFIT_HEADERS = {"S": "S", "U": "U", "H": "H", "zsl_acc": "ZSL", "AUSUC": "AUSUC"}
 CONFIG_LABELS = {TUNED: "tuned", BASELINE: "authors'"}
+
+
+def _ausuc(metrics: dict[str, Any], sep: str) -> str:
+    """` AUSUC=0.1234` after the other figures; nothing for a result of an earlier version, which has none."""
+    return f"{sep}AUSUC={metrics['AUSUC']:.4f}" if isinstance(metrics.get("AUSUC"), (int, float)) else ""
 
 
 def _single_line(label: str, refit) -> str:
     r = refit.metrics
     return (f"{label} (refit on trainval, {refit.epochs} epochs, gamma={r['gamma']:.2f}): "
-            f"S={r['S']:.4f} U={r['U']:.4f} H={r['H']:.4f} ZSL={r['zsl_acc']:.4f}")
+            f"S={r['S']:.4f} U={r['U']:.4f} H={r['H']:.4f} ZSL={r['zsl_acc']:.4f}{_ausuc(r, ' ')}")
 
 
 def _cell(interval: Interval) -> str:
@@ -249,13 +254,13 @@ def _cell(interval: Interval) -> str:
     return f"{100 * interval.mean:.2f} ± {100 * interval.sd:.2f} [{100 * interval.low:.2f}, {100 * interval.high:.2f}]"
 
 
-def _delta_lines(delta: Interval) -> list[str]:
+def _delta_lines(delta: Interval, key: str = "H") -> list[str]:
     if delta.n < 2:
-        return [f"delta H (tuned - authors', same seed): {100 * delta.mean:+.2f} points",
+        return [f"delta {key} (tuned - authors', same seed): {100 * delta.mean:+.2f} points",
                 "  (one seed: no interval; --refit-seeds 3 or more gives one)"]
     verdict = ("the tuned configuration is better" if delta.low > 0 else "the authors' configuration is better"
                if delta.high < 0 else "no clear difference at this number of seeds")
-    return [f"delta H (tuned - authors', paired by seed): {100 * delta.mean:+.2f} points, 95% interval "
+    return [f"delta {key} (tuned - authors', paired by seed): {100 * delta.mean:+.2f} points, 95% interval "
             f"[{100 * delta.low:+.2f}, {100 * delta.high:+.2f}]",
             f"  (t interval of the {delta.n} per-seed differences): {verdict}"]
 
@@ -263,7 +268,7 @@ def _delta_lines(delta: Interval) -> list[str]:
 def refit_lines(refits: Refits) -> list[str]:
     """The refits' test figures: one line per configuration with one seed; with more, a table (a row per
     metric, a column per configuration) of mean ± sd [95% t interval] over seeds; then the paired
-    difference of H, tuned minus authors'."""
+    differences of H and AUSUC (DELTA_KEYS), tuned minus authors'."""
     if len(refits.tuned) == 1:
         lines = [_single_line("TEST", refits.tuned[0])]
         if refits.baseline:
@@ -276,13 +281,15 @@ def refit_lines(refits: Refits) -> list[str]:
                    if results]
         rows = [["", *(f"{CONFIG_LABELS[config]} ({results[0].epochs} epochs)" for config, results in configs)]]
         stats = {config: refits.stats(config) for config, _ in configs}
-        rows += [[REFIT_HEADERS[k], *(_cell(stats[config][k]) for config, _ in configs)] for k in REFIT_KEYS]
+        rows += [[REFIT_HEADERS[k], *(_cell(stats[config][k]) for config, _ in configs)] for k in REFIT_KEYS
+                 if all(k in stats[config] for config, _ in configs)]
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         lines += ["  " + "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in
                                    enumerate(zip(row, widths))).rstrip() for row in rows]
-    delta = refits.delta("H")
-    if delta is not None:
-        lines.extend(_delta_lines(delta))
+    for key in DELTA_KEYS:
+        delta = refits.delta(key)
+        if delta is not None:
+            lines.extend(_delta_lines(delta, key))
     return lines
 
 

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
+from msdn.metrics import GRID_KEYS, SCORE_KEYS
 from msdn.study.stats import Interval, paired_difference, t_interval
 
 # One epoch's result as the trial reported it: metrics, calibration curve lists, Tune bookkeeping.
@@ -106,8 +107,11 @@ class TrialSummary:
 # The two configurations a study refits: the one it chose, and the authors' recipe for the dataset.
 TUNED = "tuned"
 BASELINE = "baseline"
-# Test figures summarised over seeds (mean, sd, interval): GZSLResult.summary() keys.
-REFIT_KEYS = ("S", "U", "H", "zsl_acc")
+# Test figures summarised over seeds (mean, sd, interval): the scores at the refit's configured settings (S, U, H,
+# zsl_acc, AUSUC: msdn.metrics.SCORE_KEYS without the grid's).
+REFIT_KEYS = tuple(k for k in SCORE_KEYS if k not in GRID_KEYS)
+# Test figures compared tuned minus authors', seed by seed (`Refits.delta`).
+DELTA_KEYS = ("H", "AUSUC")
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,10 @@ class RefitResult:
     checkpoint: str | None = None  # where its trained model is stored (a path or URI), for msdn.evaluate
     device: str = "cpu"  # where it trained, and with how many torch threads: float sums, hence the figures,
     threads: int = 1  # depend on both (python -m msdn.train repeats it bit for bit on the same ones)
+    # From the same test evaluation: the seen-unseen curve (thinned, under trainable.SU_CURVE_KEYS) and each class's
+    # top-1 at the configured settings (columns of msdn.study.per_class.CLASS_COLUMNS); {} in results stored before.
+    seen_unseen: dict[str, list[float]] = field(default_factory=dict)
+    classes: dict[str, list] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -131,7 +139,7 @@ class RefitResult:
         return refit_name(self.config, self.seed)
 
     def to_dict(self) -> dict[str, Any]:
-        """The flat record of the summary file (the curve and the configuration left out)."""
+        """The flat record of the summary file (the curves, the classes and the configuration left out)."""
         return {**self.metrics, "epochs": self.epochs, "seed": self.seed, "train_time": self.train_time,
                 "config": self.config, "checkpoint": self.checkpoint}
 
@@ -139,7 +147,8 @@ class RefitResult:
         """Everything, for the result file a refit leaves in the study's storage (`from_json` reads it back)."""
         return {"metrics": self.metrics, "epochs": self.epochs, "seed": self.seed, "train_time": self.train_time,
                 "curve": self.curve, "config": self.config, "train_config": self.train_config,
-                "checkpoint": self.checkpoint, "device": self.device, "threads": self.threads}
+                "checkpoint": self.checkpoint, "device": self.device, "threads": self.threads,
+                "seen_unseen": self.seen_unseen, "classes": self.classes}
 
     @classmethod
     def from_json(cls, record: dict[str, Any]) -> "RefitResult":
@@ -162,20 +171,24 @@ class Refits:
         return [r.seed for r in self.tuned]
 
     def stats(self, config: str = TUNED) -> dict[str, Interval]:
-        """Mean, sd and 95% t interval of each test figure (REFIT_KEYS) over the seeds of `config`."""
+        """Mean, sd and 95% t interval of each test figure (REFIT_KEYS) over the seeds of `config`; a figure that a
+        result stored by an earlier version lacks (AUSUC) is left out."""
         results = self.tuned if config == TUNED else self.baseline
-        return {key: t_interval([r.metrics[key] for r in results]) for key in REFIT_KEYS}
+        return {key: t_interval([r.metrics[key] for r in results]) for key in REFIT_KEYS
+                if all(key in r.metrics for r in results)}
 
     def delta(self, key: str = "H") -> Interval | None:
-        """Tuned minus baseline `key`, seed by seed, with the t interval of the differences; None without a baseline."""
-        if not self.baseline:
+        """Tuned minus baseline `key`, seed by seed, with the t interval of the differences; None without a baseline
+        (or when a result stored by an earlier version lacks `key`)."""
+        if not self.baseline or not all(key in r.metrics for r in self.tuned + self.baseline):
             return None
         by_seed = {r.seed: r.metrics[key] for r in self.baseline}
         pairs = [(r.metrics[key], by_seed[r.seed]) for r in self.tuned if r.seed in by_seed]
         return paired_difference([a for a, _ in pairs], [b for _, b in pairs])
 
     def to_dict(self) -> dict[str, Any]:
-        """The summary file's record: every refit, the statistics of each configuration, the paired delta of H."""
+        """The summary file's record: every refit, the statistics of each configuration, the paired deltas
+        (`delta_H`, `delta_AUSUC`: DELTA_KEYS)."""
         record: dict[str, Any] = {
             "seeds": self.seeds, "tuned": [r.to_dict() for r in self.tuned],
             "tuned_stats": {k: v.as_dict() for k, v in self.stats(TUNED).items()},
@@ -183,7 +196,8 @@ class Refits:
         if self.baseline:
             record["baseline"] = [r.to_dict() for r in self.baseline]
             record["baseline_stats"] = {k: v.as_dict() for k, v in self.stats(BASELINE).items()}
-            record["delta_H"] = self.delta("H").as_dict()
+            record.update({f"delta_{key}": delta.as_dict() for key in DELTA_KEYS
+                           if (delta := self.delta(key)) is not None})
         return record
 
 

@@ -5,8 +5,9 @@ it opens the memory-mapped float16 cache itself, so all trials on a node share o
 page cache. It reports every epoch's metrics, so ASHA can stop it, and a checkpoint (trainer state)
 every `checkpoint_every` epochs and at its last epoch, so `Tuner.restore` can resume it. Every
 evaluation also sweeps the study's settings grid (alpha x gamma): the grid's best H and the (alpha,
-gamma) reaching it are reported every epoch, the whole grid (`GRID_MAP_KEYS`, for the heat map) at the
-epochs where the study metric improves, so that the trial's best epoch carries it.
+gamma) reaching it are reported every epoch, the whole grid (`GRID_MAP_KEYS`, for the heat map) and the
+seen-unseen curve (`SU_CURVE_KEYS`, thinned for its plot) at the epochs where the study metric improves, so
+that the trial's best epoch carries them.
 
 Worker processes are reused across trials (`reuse_actors`): `WorkerCache` keeps, per process, the
 opened benchmark and its splits (checked against the files' sizes and mtimes at every trial start, so
@@ -38,6 +39,10 @@ if TYPE_CHECKING:
 CURVE_KEYS = ("curve_gamma", "curve_S", "curve_U", "curve_H")
 # The settings grid's axes and its H (a list per alpha), reported when the study metric improves.
 GRID_MAP_KEYS = ("curve_grid_alpha", "curve_grid_gamma", "curve_grid_H")
+# The seen-unseen curve at the configured alpha (U, S of its states, msdn.metrics.SeenUnseenCurve), thinned to at
+# most SU_CURVE_POINTS states for its plot: reported with the grid, and by each refit; AUSUC is exact regardless.
+SU_CURVE_KEYS = ("curve_su_U", "curve_su_S")
+SU_CURVE_POINTS = 200
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,12 @@ def curve_lists(curve) -> dict[str, list[float]]:
 def report_metrics(metrics: dict[str, Any], curve) -> dict[str, Any]:
     """The dict a trial reports: scalar metrics plus the calibration curve as lists."""
     return {**{k: v for k, v in metrics.items() if isinstance(v, (int, float))}, **curve_lists(curve)}
+
+
+def seen_unseen_lists(curve) -> dict[str, list[float]]:
+    """A SeenUnseenCurve as plain lists under SU_CURVE_KEYS: at most SU_CURVE_POINTS states, 5 decimals (a plot)."""
+    unseen, seen = curve.thinned(SU_CURVE_POINTS)
+    return dict(zip(SU_CURVE_KEYS, (unseen.round(5).tolist(), seen.round(5).tolist())))
 
 
 def grid_lists(grid) -> dict[str, list]:
@@ -271,6 +282,7 @@ def train_msdn(config: dict[str, Any], *, data: DataSpec, base: dict[str, Any], 
         if improves(metrics.get(metric), best, mode):
             best = metrics[metric]
             result.update(grid_lists(trainer.last_result.grid))
+            result.update(seen_unseen_lists(trainer.last_result.seen_unseen))
         result.update({"training_iteration": trainer.epoch, "trial_seed": cfg.seed,
                        **{f"placement_{k}": v for k, v in where.items()}, **start, **previous})
         start = {}

@@ -3,11 +3,12 @@
 The parent run holds what describes the whole study: its settings as params, the search space file,
 where and with what it ran (tags: git commit, library versions, cluster size), the best trial
 (`best_*`), the refits' test figures (`test_*`: the tuned configuration's mean over seeds, with
-`test_<k>_mean/_std/_ci_low/_ci_high`; `baseline_test_*` for the authors' configuration; `delta_H_*`,
-the paired difference), the parameter importances (`importance.<param>`), `best_config.yaml`, the refit
-checkpoints, the plots (the best trial's settings-grid heat map among them) and `study_summary.json`.
-Each refit is also a child run of its own (tag `msdn.study` = `refit`, `refit.config`, `refit.seed`), named
-`refit tuned seed=3` or `refit authors seed=3` (`names.refit_run_name`). As the study ends, however it
+`test_<k>_mean/_std/_ci_low/_ci_high`; `baseline_test_*` for the authors' configuration; `delta_H_*` and
+`delta_AUSUC_*`, the paired differences), the parameter importances (`importance.<param>`), `best_config.yaml`,
+the refit checkpoints, the plots (the best trial's settings-grid heat map and the seen-unseen curves among
+them), the per-class differences (`per_class/`) and `study_summary.json`. Each refit is also a child run of
+its own (tag `msdn.study` = `refit`, `refit.config`, `refit.seed`), named `refit tuned seed=3` or
+`refit authors seed=3` (`names.refit_run_name`), with its per-class test accuracies. As the study ends, however it
 ends, its run's description (the tag `mlflow.note.content`, shown on the run's page) becomes a short
 markdown summary of the study's outcome: `study_description`.
 
@@ -20,6 +21,7 @@ import json
 import math
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -27,9 +29,10 @@ from msdn.metrics import GRID_KEYS, HEADLINE_KEYS
 from msdn.progress import Progress
 from msdn.study.options import StudyOptions, experiment_path
 from msdn.study.outcome import FAILED, StudyOutcome
+from msdn.study.per_class import CLASS_COLUMNS, write_csv
 from msdn.study.report import SUMMARY_FILE, refit_lines
-from msdn.study.results import (BASELINE, COMPLETED, ERRORED, INTERRUPTED, STOPPED_EARLY, TUNED, RefitResult, Refits,
-                                TrialSummary)
+from msdn.study.results import (BASELINE, COMPLETED, DELTA_KEYS, ERRORED, INTERRUPTED, STOPPED_EARLY, TUNED,
+                                RefitResult, Refits, TrialSummary)
 from msdn.study.search_space import SearchSpace
 from msdn.study.tracking.names import compact, refit_run_name
 from msdn.study.tracking.store import (PARENT_TAG, STORAGE_TAG, STUDY_TAG, client, ensure_experiment, log_artifacts,
@@ -41,6 +44,7 @@ REFIT_RUN = "refit"
 REFIT_CONFIG_TAG = "refit.config"  # "tuned" or "baseline"
 REFIT_SEED_TAG = "refit.seed"
 REFIT_NAME_TAG = "refit.name"  # <config>-seed<seed>: finds the run again on --resume
+CLASS_FILE = "per_class_accuracy.csv"  # a refit run's per-class test accuracies (msdn.study.per_class)
 NOTE_TAG = "mlflow.note.content"  # a run's description in the MLflow UI (markdown)
 STUDY_STATE_TAG = "study_state"  # how the study ended: COMPLETED, INTERRUPTED or FAILED
 # The parent run's MLflow status for each way a study ends.
@@ -125,7 +129,8 @@ def best_metrics(best: TrialSummary) -> dict[str, float]:
 
 def refit_metrics(refits: Refits) -> dict[str, float]:
     """The parent run's test figures: `test_<k>` (the tuned mean over seeds; with one seed, its value), per key of
-    REFIT_KEYS `test_<k>_mean/_std/_ci_low/_ci_high`, the same as `baseline_test_*`, and `delta_H_*`.
+    REFIT_KEYS `test_<k>_mean/_std/_ci_low/_ci_high`, the same as `baseline_test_*`, and per key of DELTA_KEYS
+    `delta_<k>_*` (`delta_H_*`, `delta_AUSUC_*`).
 
     Undefined figures (the sd and interval of one seed) are left out.
     """
@@ -138,9 +143,10 @@ def refit_metrics(refits: Refits) -> dict[str, float]:
         for key, interval in stats.items():
             metrics.update({f"{prefix}_{key}_{name}": value for name, value in interval.as_dict().items()
                             if name != "n"})
-    delta = refits.delta("H")
-    if delta is not None:
-        metrics.update({f"delta_H_{name}": value for name, value in delta.as_dict().items() if name != "n"})
+    for key in DELTA_KEYS:
+        delta = refits.delta(key)
+        if delta is not None:
+            metrics.update({f"delta_{key}_{name}": value for name, value in delta.as_dict().items() if name != "n"})
     metrics["refit_epochs"] = float(refits.tuned[0].epochs)
     metrics["refit_seeds"] = float(len(refits.tuned))
     if refits.baseline:
@@ -186,7 +192,8 @@ class ParentRun:
                            lambda c: log_metrics(c, self.run_id, metrics, step=0))
 
     def log_refit_run(self, refit: RefitResult, tags: dict[str, str]) -> None:
-        """The refit's child run (its TrainConfig as params, its test figures as metrics), unless one exists.
+        """The refit's child run (its TrainConfig as params, its test figures as metrics, its per-class test
+        accuracies as CLASS_FILE), unless one exists.
 
         Found again by its name tag, so a resumed study that logs its stored refits again makes no duplicate
         (and an attempt the writer retries after an outage completes the run it had begun).
@@ -207,6 +214,9 @@ class ParentRun:
                 }).info.run_id
             log_params_flat(c, run_id, refit.train_config)
             log_metrics(c, run_id, metrics, step=refit.epochs)
+            if refit.classes:  # none in a result stored by an earlier version
+                with tempfile.TemporaryDirectory() as folder:
+                    c.log_artifact(run_id, str(write_csv(Path(folder) / CLASS_FILE, refit.classes, CLASS_COLUMNS)))
             c.set_terminated(run_id, status="FINISHED")
 
         self.writer.submit(f"the child run of refit {refit.name}", run)
@@ -219,6 +229,11 @@ class ParentRun:
                 c.log_artifact(self.run_id, str(path), f"refit_checkpoints/{name}")
 
         self.writer.submit("best_config.yaml and the refit checkpoints on the parent run", run)
+
+    def log_class_tables(self, tables: list[Path]) -> None:
+        """The refits' per-class tables under `per_class/` (files that must outlive the writer)."""
+        self.writer.submit("the per-class tables of the parent run",
+                           lambda c: log_artifacts(c, self.run_id, tables, "per_class"))
 
     def log_importances(self, importances: dict[str, float]) -> None:
         """Each searched parameter's importance (Optuna's fANOVA over COMPLETE trials) as `importance.<param>`."""
