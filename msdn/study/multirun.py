@@ -33,31 +33,11 @@ from msdn.study.console import is_terminal
 from msdn.study.interrupt import StopRequests
 from msdn.study.lock import study_lock
 from msdn.study.logs import StudyLog
-from msdn.study.options import (StudyError, StudyOptions, StudyRequest, experiment_path, is_uri, resolve_options,
-                                with_defaults)
+from msdn.study.options import StudyOptions, StudyRequest, experiment_path, is_uri, resolve_options, with_defaults
 from msdn.study.outcome import StudyOutcome
 from msdn.study.report import SUMMARY_FILE
 from msdn.study.search_space import SearchSpace
 from msdn.study.started import StartRecord, check_resume
-
-# Flags that name one study's files: with several benchmarks each study takes its own default.
-ONE_STUDY_FLAGS = {"experiment": "--experiment", "search_space": "--search-space"}
-
-
-def study_requests(request: StudyRequest, datasets: Sequence[str]) -> list[StudyRequest]:
-    """One request per benchmark; StudyError for a repeated benchmark or a flag that names one study's files."""
-    repeated = sorted({d for d in datasets if list(datasets).count(d) > 1})
-    if repeated:
-        raise StudyError(f"--dataset {' '.join(datasets)}: {', '.join(repeated)} given twice; expected each benchmark "
-                         "once (one study each)")
-    if len(datasets) > 1:
-        for name, flag in ONE_STUDY_FLAGS.items():
-            if getattr(request, name) is not None:
-                raise StudyError(f"{flag} names one study's files, but --dataset gives {len(datasets)} benchmarks; "
-                                 f"leave {flag} out: each study then takes its own (msdn-<dataset>-<protocol>, "
-                                 "search_spaces/<dataset>.yaml)")
-    return [dataclasses.replace(request, dataset=d) for d in datasets]
-
 
 def _summary_state(opts: StudyOptions) -> str | None:
     """How the study in opts' folder ended, by its study_summary.json; None without one."""
