@@ -149,10 +149,12 @@ def test_train_help_gives_the_per_dataset_defaults():
 
 def test_tune_flags_are_the_study_request_fields():
     """tune/run.py's parser is derived from StudyRequest: one flag per field, the field's default when not given."""
-    from msdn.study.options import StudyRequest
+    from msdn.study.options import StudyRequest, requests_from_flags
 
     args = build_parser("python tune/run.py").parse_args(["--dataset", "cub"])
     assert set(vars(args)) == {f.name for f in dataclasses.fields(StudyRequest)}
-    assert StudyRequest(**vars(args)) == StudyRequest(dataset="cub")
+    assert requests_from_flags(vars(args)) == [StudyRequest(dataset="cub")]
+    several = build_parser("python tune/run.py").parse_args(["--dataset", "cub", "sun", "--num-samples", "5"])
+    assert requests_from_flags(vars(several)) == [StudyRequest(dataset=d, num_samples=5) for d in ("cub", "sun")]
     switched = build_parser("python tune/run.py").parse_args(["--dataset", "cub", "--no-refit", "--resume", "-v"])
     assert (switched.refit, switched.resume, switched.verbose, switched.baseline) == (False, True, True, True)

@@ -50,12 +50,17 @@ def study(argv: list[str] | None = None) -> int:
     """Parse the flags, run the study; exit 0, 1 (no result), 3 (tracking incomplete) or 130 (interrupted)."""
     args = build_parser().parse_args(argv)
     from msdn.cli import EXIT_INTERRUPTED, EXIT_TRACKING
-    from msdn.study.options import StudyFailed, StudyRequest
+    from msdn.study.options import StudyFailed, requests_from_flags
     from msdn.study.runner import run_study
 
-    request = StudyRequest(**vars(args))  # the flags' dests are its field names; StudyError on a bad value
+    requests = requests_from_flags(vars(args))  # one per --dataset value; StudyError on a bad value
     try:
-        result = run_study(request)
+        if len(requests) == 1:
+            result = run_study(requests[0])
+        else:
+            from msdn.study.multirun import run_benchmarks
+
+            result = run_benchmarks(requests)
     except StudyFailed as exc:  # it ran, but produced no result: not bad input
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -65,7 +70,6 @@ def study(argv: list[str] | None = None) -> int:
     if result.interrupted:
         return EXIT_INTERRUPTED
     return EXIT_TRACKING if result.unlogged else 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -16,6 +16,7 @@ Nothing here starts Ray: the refits found in the study's storage are not run aga
 """
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -31,7 +32,8 @@ from msdn.study.outcome import FAILED, StudyOutcome
 from msdn.study.per_class import DIFFERENCE_COLUMNS, class_differences, write_csv
 from msdn.study.plots import class_difference_plot, importance_plot, refit_plot, refit_seen_unseen_plot, study_plots
 from msdn.study.refit import RefitStore, refit_plan, run_refits, tuned_config, write_best_config
-from msdn.study.report import WIDTH, end_lines, format_table, interrupted_lines, summary_dict, unlogged_lines, wrap_lines
+from msdn.study.report import (SUMMARY_FILE, WIDTH, end_lines, format_table, interrupted_lines, summary_dict,
+                               unlogged_lines, wrap_lines)
 from msdn.study.results import COMPLETED, INTERRUPTED, TrialEnds, TrialRecord, best_trial, trial_summaries
 from msdn.study.search_space import SearchSpace
 from msdn.study.searcher import MIN_TRIALS_FOR_IMPORTANCE, journal_path, load_optuna_study, param_importances
@@ -117,6 +119,7 @@ def conclude(end: StudyEnd, fit: Callable[[], list[TrialRecord]]) -> StudyOutcom
         raise
     finally:
         parent.end(outcome)  # the study's state and description, however it ended
+        write_summary(end, outcome)
         # On a full disk MLflow may never take the last lines: wait briefly, and say so, rather than for minutes.
         outcome.unlogged = parent.close(min(opts.tracking_timeout, TRACKING_WAIT_S) if disk_full else opts.tracking_timeout)
         outcome.dropped, outcome.tracking_error = list(parent.writer.dropped), parent.writer.last_error
@@ -124,6 +127,20 @@ def conclude(end: StudyEnd, fit: Callable[[], list[TrialRecord]]) -> StudyOutcom
         for line in unlogged_lines(outcome):
             end.show(line)
     return outcome
+
+
+def write_summary(end: StudyEnd, outcome: StudyOutcome) -> None:
+    """study_summary.json in the study's result folder, however the study ended (what `python -m msdn.report`
+    and a multi-benchmark --resume read); not where a study that failed at start left no folder."""
+    from msdn.study.refit import write_file
+
+    folder = experiment_path(end.opts)
+    if not is_uri(folder) and not Path(folder).is_dir():
+        return
+    try:
+        write_file(f"{folder}/{SUMMARY_FILE}", json.dumps(summary_dict(outcome), indent=1, default=str).encode())
+    except OSError as exc:  # the summary is also on the parent run; a full disk must not hide the study's end
+        end.show(f"study_summary.json not written to {folder}: {exc}")
 
 
 def run_names(records: list[TrialRecord]) -> dict[str, str]:
@@ -151,7 +168,7 @@ def _finish(end: StudyEnd, outcome: StudyOutcome, files: Path, names: dict[str, 
     if specs:
         store, tags = RefitStore.of(opts), trial_tags(opts)
         outcome.refits = run_refits(opts, specs, end.resources, store, progress=end.progress,
-                                    on_result=lambda refit: parent.log_refit_run(refit, tags))
+                                    on_result=lambda refit: parent.log_refit_run(refit, tags), stop=end.ends.stop)
         parent.log_refits(outcome.refits)
         checkpoints = {r.name: store.local_checkpoint(r, files) for r in outcome.refits.tuned + outcome.refits.baseline}
         plots.append(refit_plot(files, outcome.refit, opts.dataset))

@@ -116,7 +116,9 @@ class StudyLog:
         self._sink.close()
 
     def open(self, path: Path) -> None:
-        """Write from now on to `path` (appended: a resumed study continues its file), records so far first."""
+        """Write from now on to `path` (appended: a resumed study continues its file), records so far first.
+
+        Called again (several benchmarks in one run), it moves from the previous study's file to this one."""
         import mlflow  # noqa: F401  (MLflow gives its loggers console handlers when imported: before rerouting)
 
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -126,14 +128,14 @@ class StudyLog:
         file.handle(logging.makeLogRecord({"name": CONSOLE_LOGGER, "levelno": logging.INFO, "levelname": "INFO",
                                            "msg": f"---- study started (pid {os.getpid()}): "
                                                   f"{' '.join(sys.argv) or 'run_study'}"}))
-        buffered = self._sink
+        previous = self._sink
         for name in (*FILE_ONLY, ""):
             logger = logging.getLogger(name)
-            logger.removeHandler(buffered)
+            logger.removeHandler(previous)
             logger.addHandler(file)
-        assert isinstance(buffered, logging.handlers.MemoryHandler)
-        buffered.setTarget(file)
-        buffered.close()  # flushes into the file
+        if isinstance(previous, logging.handlers.MemoryHandler):
+            previous.setTarget(file)
+        previous.close()  # flushes the records so far into the file (or ends the previous study's file)
         self._sink, self.path = file, path
         self._reroute()
 

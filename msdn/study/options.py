@@ -23,9 +23,9 @@ import numbers
 import os
 import re
 import typing
-from dataclasses import MISSING, Field, dataclass, field, fields
+from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from msdn.config import DATASETS, PROTOCOLS
 from msdn.study.search_space import SearchSpace, load_search_space
@@ -62,6 +62,7 @@ class Flag:
     # Why --resume refuses another value than the study was started with (None: it may change on --resume and
     # takes effect). The study keeps what it started with in study_request.json (msdn.study.started).
     kept: str | None = None
+    many: bool = False  # the flag takes one or more values: one study each (tune/run.py; msdn.study.multirun)
 
 
 def option(default: Any, group: str, help: str, **flag: Any) -> Any:
@@ -101,7 +102,8 @@ class StudyRequest:
     Fields are in --help order; making one checks every value (StudyError naming the flag).
     """
 
-    dataset: str = option(MISSING, "data", "benchmark to tune on", choices=DATASETS,
+    dataset: str = option(MISSING, "data", "benchmark(s) to tune on: with several, one study each, in this order, in "
+                          "one Ray session", choices=DATASETS, many=True,
                           kept="the trials so far trained on this benchmark")
     data_root: str = option("data", "data", "folder holding the benchmarks", metavar="DIR")
 
@@ -251,9 +253,37 @@ def add_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
             groups[flag.group].add_argument(*flag_names(f), dest=f.name, action=action, default=f.default, help=text)
             continue
         extra: dict[str, Any] = {"required": True} if f.default is MISSING else {"default": f.default}
+        if flag.many:
+            extra["nargs"] = "+"
         groups[flag.group].add_argument(*flag_names(f), dest=f.name, type=None if kind is str else kind,
                                         choices=flag.choices, metavar=flag.metavar, help=text, **extra)
     return parser
+
+
+# Flags that name one study's files: with several benchmarks each study takes its own default.
+ONE_STUDY_FLAGS = {"experiment": "--experiment", "search_space": "--search-space"}
+
+
+def study_requests(request: StudyRequest, datasets: Sequence[str]) -> list[StudyRequest]:
+    """One request per benchmark (several --dataset values: msdn.study.multirun); StudyError for a repeated
+    benchmark or a flag that names one study's files."""
+    repeated = sorted({d for d in datasets if list(datasets).count(d) > 1})
+    if repeated:
+        raise StudyError(f"--dataset {' '.join(datasets)}: {', '.join(repeated)} given twice; expected each benchmark "
+                         "once (one study each)")
+    if len(datasets) > 1:
+        for name, flag in ONE_STUDY_FLAGS.items():
+            if getattr(request, name) is not None:
+                raise StudyError(f"{flag} names one study's files, but --dataset gives {len(datasets)} benchmarks; "
+                                 f"leave {flag} out: each study then takes its own (msdn-<dataset>-<protocol>, "
+                                 "search_spaces/<dataset>.yaml)")
+    return [replace(request, dataset=d) for d in datasets]
+
+
+def requests_from_flags(values: dict[str, Any]) -> list[StudyRequest]:
+    """The parsed flags of tune/run.py (`vars(args)`; --dataset a list) as one request per benchmark."""
+    datasets = values["dataset"]
+    return study_requests(StudyRequest(**{**values, "dataset": datasets[0]}), datasets)
 
 
 def is_uri(path: str) -> bool:

@@ -221,10 +221,12 @@ def result_line(result: RefitResult) -> str:
 
 
 def run_refits(opts: StudyOptions, specs: list[RefitSpec], resources: dict[str, float], store: RefitStore,
-               on_result: Callable[[RefitResult], None] = lambda _r: None, progress: Progress = print) -> Refits:
+               on_result: Callable[[RefitResult], None] = lambda _r: None, progress: Progress = print,
+               stop=None) -> Refits:
     """Run the refits not already in `store` as parallel Ray tasks; `on_result` sees every result, stored or new.
 
-    A stop request (KeyboardInterrupt) cancels the refits still running and propagates: the finished
+    A stop request (KeyboardInterrupt; or `stop.requested`, seen within a second, when this runs in another
+    thread than the signals: msdn.study.multirun) cancels the refits still running and propagates: the finished
     ones stay stored, and --resume runs only the others. A failed refit fails the study (StudyFailed).
     """
     import ray
@@ -247,6 +249,8 @@ def run_refits(opts: StudyOptions, specs: list[RefitSpec], resources: dict[str, 
     pending = {task.remote(spec, data, store.root): spec for spec in specs if spec.name not in results}
     try:
         while pending:
+            if stop is not None and stop.requested:
+                raise KeyboardInterrupt(stop.signal_name)
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)  # returns often: Ctrl+C is seen at once
             for ref in ready:
                 spec = pending.pop(ref)

@@ -156,10 +156,14 @@ def _trial_dict(trial: TrialSummary | None) -> dict[str, Any]:
     return {**record, "metrics": _without_curves(trial.best)}
 
 
+SUMMARY_FILE = "study_summary.json"  # the outcome as JSON: on the parent run and in the study's result folder
+
+
 def summary_dict(outcome: StudyOutcome) -> dict[str, Any]:
     """The study as JSON-ready data: how it ended, where it is, the best trial, the refits, every trial."""
     return {
-        "experiment_path": outcome.experiment_path, "parent_run_id": outcome.parent_run_id,
+        "experiment": outcome.experiment, "dataset": outcome.dataset, "protocol": outcome.protocol,
+        "metric": outcome.metric, "experiment_path": outcome.experiment_path, "parent_run_id": outcome.parent_run_id,
         "state": outcome.state, "trial_states": outcome.counts,
         "best": _trial_dict(outcome.best), "best_run": outcome.best_run_name,
         "chosen_settings": outcome.chosen_settings,

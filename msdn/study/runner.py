@@ -13,7 +13,8 @@ console shows their progress (`console`); Ray, Tune, MLflow and Optuna log to th
 from __future__ import annotations
 
 import os
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from msdn.progress import Progress
 from msdn.study import ray_private, tracking
@@ -134,6 +135,22 @@ def _run(request: StudyRequest, stop: StopRequests, progress: Progress, log: Stu
 
 def _run_locked(opts: StudyOptions, space: SearchSpace, started: StartRecord | None, stop: StopRequests,
                 progress: Progress, log: StudyLog, live: bool) -> StudyOutcome:
+    study = prepare_study(opts, space, started, stop, progress, log, live)
+    return conclude(study.end, study.fit)
+
+
+@dataclass
+class PreparedStudy:
+    """A study up to its trials: Ray joined and checked, the parent run open; `fit` runs the trials, and
+    `conclude(end, fit)` everything after (msdn.study.multirun runs the next study's trials meanwhile)."""
+
+    end: StudyEnd
+    fit: Callable[[], list[TrialRecord]]
+
+
+def prepare_study(opts: StudyOptions, space: SearchSpace, started: StartRecord | None, stop: StopRequests,
+                  progress: Progress, log: StudyLog, live: bool) -> PreparedStudy:
+    """Everything of a study before its trials (the caller holds the study's lock); see the module docstring."""
     from msdn.data import load_benchmark
 
     show = progress or (lambda _message: None)
@@ -173,4 +190,4 @@ def _run_locked(opts: StudyOptions, space: SearchSpace, started: StartRecord | N
         with stop.tuning(), counter:
             return trial_records(tuner.fit())
 
-    return conclude(StudyEnd(opts, space, parent, callback, ends, resources, progress, str(log.path)), fit)
+    return PreparedStudy(StudyEnd(opts, space, parent, callback, ends, resources, progress, str(log.path)), fit)

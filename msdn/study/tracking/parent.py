@@ -30,7 +30,7 @@ from msdn.progress import Progress
 from msdn.study.options import StudyOptions, experiment_path
 from msdn.study.outcome import FAILED, StudyOutcome
 from msdn.study.per_class import CLASS_COLUMNS, write_csv
-from msdn.study.report import refit_lines
+from msdn.study.report import SUMMARY_FILE, refit_lines
 from msdn.study.results import (BASELINE, COMPLETED, DELTA_KEYS, ERRORED, INTERRUPTED, STOPPED_EARLY, TUNED,
                                 RefitResult, Refits, TrialSummary)
 from msdn.study.search_space import SearchSpace
@@ -244,7 +244,7 @@ class ParentRun:
     def log_files(self, plots: list[Path], summary: dict[str, Any], folder: Path) -> None:
         """The plots under `plots/` and the summary as `study_summary.json` (written into `folder` now, which must
         outlive the writer)."""
-        path = folder / "study_summary.json"
+        path = folder / SUMMARY_FILE
         path.write_text(json.dumps(summary, indent=2, default=str))
 
         def run(c) -> None:
