@@ -124,6 +124,7 @@ class RefitResult:
     checkpoint: str | None = None  # where its trained model is stored (a path or URI), for msdn.evaluate
     device: str = "cpu"  # where it trained, and with how many torch threads: float sums, hence the figures,
     threads: int = 1  # depend on both (python -m msdn.train repeats it bit for bit on the same ones)
+    system: list[dict[str, float]] = field(default_factory=list)  # per epoch: system metrics and their timestamp
 
     @property
     def name(self) -> str:
@@ -139,7 +140,7 @@ class RefitResult:
         """Everything, for the result file a refit leaves in the study's storage (`from_json` reads it back)."""
         return {"metrics": self.metrics, "epochs": self.epochs, "seed": self.seed, "train_time": self.train_time,
                 "curve": self.curve, "config": self.config, "train_config": self.train_config,
-                "checkpoint": self.checkpoint, "device": self.device, "threads": self.threads}
+                "checkpoint": self.checkpoint, "device": self.device, "threads": self.threads, "system": self.system}
 
     @classmethod
     def from_json(cls, record: dict[str, Any]) -> "RefitResult":
