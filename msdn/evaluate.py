@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
         "python -m msdn.evaluate --dataset synthetic --checkpoint run.pt   # from msdn.train --checkpoint",
         "python -m msdn.evaluate --dataset synthetic --checkpoint run.pt --gamma 1.0 --json",
         "python -m msdn.evaluate --dataset cub --data-root /data/zsl --checkpoint CUB_GZSL.pth",
-        "python -m msdn.evaluate --dataset cub --data-root /data/zsl --model models:/msdn-cub@best   # a study's winner",
+        "python -m msdn.evaluate --dataset cub --data-root /data/zsl --model models:/msdn-cub@best",
     )
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", required=True, choices=DATASETS, help="benchmark the checkpoint was trained on")
@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "runs:/RUN_ID/..., or a model folder")
     evaluation.add_argument("--mlflow-uri", metavar="URI", default=None,
                             help="the tracking store holding --model (default: MLFLOW_TRACKING_URI, else the study's "
-                                 "default sqlite:///<working dir>/mlflow.db)")
+                                 "store, sqlite:///<working dir>/mlflow.db)")
     evaluation.add_argument("--alpha", type=float, default=None,
                             help="sub-net fusion weight (default: the checkpoint's own; for an authors' state dict "
                                  f"the dataset's: {alphas})")

@@ -129,14 +129,20 @@ print(json.dumps(out))
 """
 
 
+def predict_test_split(tracking_uri: str, data_root: Path, cwd: Path, threads: int = 1) -> dict:
+    """S, U, H of the arg-max of `models:/msdn-synthetic@best` on the synthetic test split, in a fresh process with
+    `threads` torch threads (the refit's: float sums depend on them); and whether feature maps predict the same."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "OMP_NUM_THREADS": str(threads)}
+    out = subprocess.run([sys.executable, "-c", PREDICT, str(data_root)], capture_output=True, text=True, env=env,
+                         timeout=600, cwd=cwd)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def test_the_registered_model_predicts_the_test_split_as_the_refit_was_scored(ended, synthetic_root):
     study, outcome = ended
     run = study.client().get_run(refit_run(study, TUNED).info.run_id)
-    env = {**os.environ, "MLFLOW_TRACKING_URI": study.opts.mlflow_uri, "OMP_NUM_THREADS": "1"}  # the refit's threads
-    out = subprocess.run([sys.executable, "-c", PREDICT, str(synthetic_root)], capture_output=True, text=True,
-                         env=env, timeout=600, cwd=study.folder)
-    assert out.returncode == 0, out.stderr[-3000:]
-    predicted = json.loads(out.stdout.strip().splitlines()[-1])
+    predicted = predict_test_split(study.opts.mlflow_uri, synthetic_root, study.folder, outcome.refits.tuned[0].threads)
     assert {k: predicted[k] for k in ("S", "U", "H")} == {k: run.data.metrics[k] for k in ("S", "U", "H")}
     assert predicted["maps_agree"]  # (N, C, H, W) feature maps predict the same as their (N, R, C) regions
 
@@ -262,7 +268,8 @@ def test_registration_cut_off_by_a_lost_server_is_retried_until_it_is_back(tmp_p
         experiment_id = c.create_experiment("lost")
         run_id = c.create_run(experiment_id, run_name="refit tuned").info.run_id
         refit = outcome.refits.tuned[0]
-        registry.log_refit_model(c, experiment_id, run_id, refit, dataset="synthetic", example=source.parent.data.example)
+        registry.log_refit_model(c, experiment_id, run_id, refit, dataset="synthetic",
+                                 example=source.parent.data.example)
         tags = {"mlflow.experiment_id": experiment_id, "study": "lost", "test_H": "0.5"}
         writer.submit("the server stops", lambda _c: server.stop())
         writer.submit("registering", lambda c: registry.register_refits(
