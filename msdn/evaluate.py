@@ -228,8 +228,10 @@ def registered_checkpoint(model_uri: str, tracking_uri: str | None) -> str:
 
     from .study.tracking.store import default_tracking_uri
 
-    store = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
-    mlflow.set_tracking_uri(store)  # this command's one store, for models:/ and runs:/ URIs
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    store = tracking_uri or before or default_tracking_uri()
+    # MLflow 3.17 resolves models:/ URIs through the process's tracking URI only (whatever a download is given)
+    mlflow.set_tracking_uri(store)
     try:
         model = mlflow.pyfunc.load_model(model_uri)
     except (MlflowException, OSError) as exc:
@@ -237,6 +239,8 @@ def registered_checkpoint(model_uri: str, tracking_uri: str | None) -> str:
         raise UsageError(f"--model {model_uri}: cannot be loaded from the tracking store {store} ({reason}); "
                          "expected a model a study logged, e.g. models:/msdn-cub@best, in the store given by "
                          "--mlflow-uri (or MLFLOW_TRACKING_URI)") from None
+    finally:
+        mlflow.set_tracking_uri(before)  # as it was: MLFLOW_TRACKING_URI's value, or none
     checkpoint = getattr(model.unwrap_python_model(), "checkpoint", None)
     if checkpoint is None:
         raise UsageError(f"--model {model_uri}: not an msdn-tune model (an MLflow model of another kind); expected "

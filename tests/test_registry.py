@@ -172,8 +172,9 @@ def test_the_model_pickles_nothing_but_a_reference_to_its_class(ended, tmp_path)
     study, _ = ended
     import mlflow
 
-    local = mlflow.artifacts.download_artifacts(f"models:/{NAME}@best", dst_path=str(tmp_path),
-                                                tracking_uri=study.opts.mlflow_uri)
+    c = study.client()
+    source = c.get_model_version_download_uri(NAME, c.get_model_version_by_alias(NAME, "best").version)
+    local = mlflow.artifacts.download_artifacts(source, dst_path=str(tmp_path), tracking_uri=study.opts.mlflow_uri)
     pickled = (Path(local) / "python_model.pkl").read_bytes()
     strings, classes = [], set()
     for op, arg, _ in pickletools.genops(pickled):
@@ -293,3 +294,20 @@ def test_registration_cut_off_by_a_lost_server_is_retried_until_it_is_back(tmp_p
     assert lines[1] == f"MLflow: registered refit {refit.name} as {NAME} version 1, alias best: " \
                        f"mlflow.pyfunc.load_model(\"models:/{NAME}@best\")"
     assert lines[2].startswith(f"MLflow store {server.uri} is back after ") and len(lines) == 3
+
+
+def test_a_checkpoint_that_cannot_be_a_model_is_said_and_the_study_ends_normally(tmp_path, synthetic_root):
+    """Refits whose stored checkpoints hold no weights (stand-ins): no model, nothing registered, one line each."""
+    study = Study(tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}", synthetic_root, COMPLETED["records"],
+                  refit_seeds=1)
+    study.parent.writer.progress = study.console.append
+    store_recorded_refits(study, COMPLETED["records"], COMPLETED["refits"])
+    outcome = study.conclude(COMPLETED["records"])
+    assert outcome.state == "completed" and outcome.unlogged == [] and outcome.dropped == []
+    said = [line for line in study.console if line.startswith("MLflow: refit ")]
+    names = [r.name for r in outcome.refits.tuned + outcome.refits.baseline]
+    assert [line.split(":")[1] for line in said[:2]] == [f" refit {name}" for name in names]
+    assert all("no model logged (its checkpoint " in line and "CheckpointError" in line for line in said[:2])
+    assert said[2:] == [f"MLflow: refit {names[0]} has no logged model; not registered as {NAME}@best",
+                        f"MLflow: refit {names[1]} has no logged model; not registered as {NAME}@authors"]
+    assert not study.client().search_registered_models()

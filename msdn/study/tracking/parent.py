@@ -7,7 +7,9 @@ where and with what it ran (tags: git commit, library versions, cluster size), t
 the paired difference), the parameter importances (`importance.<param>`), `best_config.yaml`, the refit
 checkpoints, the plots (the best trial's settings-grid heat map among them) and `study_summary.json`.
 Each refit is also a child run of its own (tag `msdn.study` = `refit`, `refit.config`, `refit.seed`), named
-`refit tuned seed=3` or `refit authors seed=3` (`names.refit_run_name`). As the study ends, however it
+`refit tuned seed=3` or `refit authors seed=3` (`names.refit_run_name`), with its datasets, its system metrics and
+its logged model (`registry`); the first tuned and authors' seeds are registered as `msdn-<dataset>@best` and
+`@authors` (`ParentRun.register_refits`). As the study ends, however it
 ends, its run's description (the tag `mlflow.note.content`, shown on the run's page) becomes a short
 markdown summary of the study's outcome: `study_description`.
 
@@ -23,7 +25,6 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
-from msdn.cli import CheckpointError
 from msdn.metrics import GRID_KEYS, HEADLINE_KEYS
 from msdn.progress import Progress
 from msdn.study.options import StudyOptions, experiment_path
@@ -262,8 +263,8 @@ class ParentRun:
             try:
                 registry.log_refit_model(c, self.experiment_id, run_id, refit, dataset=self.dataset,
                                          example=data.example if data is not None else None, test=test)
-            except (CheckpointError, OSError, ValueError) as exc:  # the checkpoint, not the store: not retried
-                say(f"MLflow: refit {refit.name}: no model logged ({type(exc).__name__}: {exc})")
+            except registry.UnusableCheckpoint as exc:  # the checkpoint, not the store: not retried
+                say(f"MLflow: refit {refit.name}: no model logged (its checkpoint {exc})")
 
         self.writer.submit(f"the datasets, system metrics and model of refit {refit.name}", run)
 

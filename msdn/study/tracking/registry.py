@@ -37,6 +37,10 @@ MISSING_REGISTRY = ("model registry functionality is unavailable", "endpoint_not
                     "unsupported uri", "404 not found")
 
 
+class UnusableCheckpoint(Exception):
+    """A refit's checkpoint cannot be made into a model (missing, damaged, not ours): said, and not retried."""
+
+
 def registered_model_name(dataset: str) -> str:
     return f"msdn-{dataset}"
 
@@ -83,8 +87,8 @@ def log_refit_model(c, experiment_id: str, run_id: str, refit: RefitResult, *, d
     """The refit's logged model on its run `run_id` (made unless the run has one); returns its model id.
 
     `example`: region features for the input example; `test`: (name, digest) of the test split's dataset, to which
-    the test figures are linked on the model. A checkpoint that cannot be made into a model raises before anything
-    is written to the store (msdn.cli.CheckpointError, OSError).
+    the test figures are linked on the model. A checkpoint that cannot be made into a model raises
+    UnusableCheckpoint before anything is written to the store; the store's errors propagate (the writer retries).
     """
     from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric
     from mlflow.models import Model
@@ -98,8 +102,12 @@ def log_refit_model(c, experiment_id: str, run_id: str, refit: RefitResult, *, d
     settings = {k: refit.train_config.get(k) for k in ("alpha", "gamma", "epochs", "seed")}
     with tempfile.TemporaryDirectory(prefix="msdn-model-") as tmp:
         # The model folder first: a checkpoint that cannot be a model fails here, before the store is written to.
-        folder = save_pyfunc(Path(tmp) / "model", local_checkpoint(str(refit.checkpoint), Path(tmp)), example,
-                             metadata_={"dataset": dataset, "refit": refit.name, **settings})
+        try:
+            folder = save_pyfunc(Path(tmp) / "model", local_checkpoint(str(refit.checkpoint), Path(tmp)), example,
+                                 metadata_={"dataset": dataset, "refit": refit.name, "device": refit.device,
+                                            "threads": refit.threads, **settings})
+        except Exception as exc:  # noqa: BLE001 - whatever the checkpoint's problem, retrying cannot fix it
+            raise UnusableCheckpoint(f"{refit.checkpoint}: {type(exc).__name__}: {exc}") from exc
         model = c.create_logged_model(
             experiment_id, name=f"msdn-{dataset}-{refit.name}", source_run_id=run_id, model_type=MODEL_TYPE,
             params={k: str(v) for k, v in sorted(refit.train_config.items())},
