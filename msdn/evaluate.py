@@ -202,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a checkpoint written by msdn.train, or an authors' MSDN state dict")
     model.add_argument("--model", metavar="URI",
                        help="an MLflow model a study logged: models:/msdn-cub@best (the winner), models:/NAME/VERSION, "
-                            "runs:/RUN_ID/..., or a model folder")
+                            "models:/MODEL_ID, runs:/RUN_ID/MODEL_NAME, or a model folder")
     evaluation.add_argument("--mlflow-uri", metavar="URI", default=None,
                             help="the tracking store holding --model (default: MLFLOW_TRACKING_URI, else the study's "
                                  "store, sqlite:///<working dir>/mlflow.db)")
