@@ -1,12 +1,14 @@
 """Evaluate MSDN with the GZSL protocol; load our checkpoints or the authors' state dicts.
 
     python -m msdn.evaluate --dataset cub --data-root DIR --checkpoint FILE [--json]
+    python -m msdn.evaluate --dataset cub --data-root DIR --model models:/msdn-cub@best [--mlflow-uri URI]
 
 FILE is a checkpoint written by `msdn.train` or a state dict saved by the authors' code
 (`V, W_1, W_2, W_3, W_1_1, W_2_1, W_3_1, att, mask_bias, bias, ...`; a `resnet101.*` backbone
 in it is ignored because features are given). The authors' checkpoints are for the paper split.
 A file that cannot be used (damaged, foreign, of another dataset or protocol) is a CheckpointError
-naming it; the command then exits with 2 (msdn.cli).
+naming it; the command then exits with 2 (msdn.cli). `--model` takes an MLflow model a study registered
+(msdn.mlflow_model) and evaluates its checkpoint exactly as `--checkpoint` evaluates the file.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from torch import Tensor
 
 from .checkpoint import (check_shapes, checkpoint_config, describe, model_from_checkpoint, read_checkpoint,
                          required_tensors)
-from .cli import CheckpointError, cli_entry, command_parser, device_flag
+from .cli import CheckpointError, UsageError, cli_entry, command_parser, device_flag
 from .config import DATASET_DEFAULTS, DATASETS, PROTOCOLS, TrainConfig, default_config
 from .data import Benchmark, ZSLSplit, check_data_present, load_benchmark, make_split, read_rows
 from .metrics import EvalGrid, GZSLResult, fuse_scores, gzsl_evaluate
@@ -188,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
         "python -m msdn.evaluate --dataset synthetic --checkpoint run.pt   # from msdn.train --checkpoint",
         "python -m msdn.evaluate --dataset synthetic --checkpoint run.pt --gamma 1.0 --json",
         "python -m msdn.evaluate --dataset cub --data-root /data/zsl --checkpoint CUB_GZSL.pth",
+        "python -m msdn.evaluate --dataset cub --data-root /data/zsl --model models:/msdn-cub@best",
     )
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", required=True, choices=DATASETS, help="benchmark the checkpoint was trained on")
@@ -195,8 +198,15 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--protocol", choices=PROTOCOLS, default=None,
                       help="split to evaluate on (default: the checkpoint's own; 'paper' for an authors' state dict)")
     evaluation = parser.add_argument_group("evaluation")
-    evaluation.add_argument("--checkpoint", required=True, metavar="FILE",
-                            help="a checkpoint written by msdn.train, or an authors' MSDN state dict")
+    model = evaluation.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", metavar="FILE",
+                       help="a checkpoint written by msdn.train, or an authors' MSDN state dict")
+    model.add_argument("--model", metavar="URI",
+                       help="an MLflow model a study logged: models:/msdn-cub@best (the winner), models:/NAME/VERSION, "
+                            "models:/MODEL_ID, runs:/RUN_ID/MODEL_NAME, or a model folder")
+    evaluation.add_argument("--mlflow-uri", metavar="URI", default=None,
+                            help="the tracking store holding --model (default: MLFLOW_TRACKING_URI, else the study's "
+                                 "store, sqlite:///<working dir>/mlflow.db)")
     evaluation.add_argument("--alpha", type=float, default=None,
                             help="sub-net fusion weight (default: the checkpoint's own; for an authors' state dict "
                                  f"the dataset's: {alphas})")
@@ -208,10 +218,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def registered_checkpoint(model_uri: str, tracking_uri: str | None) -> str:
+    """The checkpoint file of the MLflow model `model_uri` (a study's refit: msdn.mlflow_model), loaded from
+    `tracking_uri` (default: MLFLOW_TRACKING_URI, else the study's default sqlite:///<working dir>/mlflow.db).
+    A model that cannot be loaded, or is not one of ours, is a UsageError naming --model and the store."""
+    import os
+
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from .study.tracking.store import default_tracking_uri
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    store = tracking_uri or before or default_tracking_uri()
+    # MLflow 3.17 resolves models:/ URIs through the process's tracking URI only (whatever a download is given)
+    mlflow.set_tracking_uri(store)
+    try:
+        model = mlflow.pyfunc.load_model(model_uri)
+    except (MlflowException, OSError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise UsageError(f"--model {model_uri}: cannot be loaded from the tracking store {store} ({reason}); "
+                         "expected a model a study logged, e.g. models:/msdn-cub@best, in the store given by "
+                         "--mlflow-uri (or MLFLOW_TRACKING_URI)") from None
+    finally:
+        mlflow.set_tracking_uri(before)  # as it was: MLFLOW_TRACKING_URI's value, or none
+    checkpoint = getattr(model.unwrap_python_model(), "checkpoint", None)
+    if checkpoint is None:
+        raise UsageError(f"--model {model_uri}: not an msdn-tune model (an MLflow model of another kind); expected "
+                         "one a study logged for a refit, e.g. models:/msdn-cub@best")
+    return str(checkpoint)
+
+
 @cli_entry
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m msdn.evaluate`: every flag, the data and the checkpoint are checked before any evaluation."""
     args = build_parser().parse_args(argv)
+    if args.model is not None:  # the registered model's checkpoint, evaluated as --checkpoint would
+        args.checkpoint = registered_checkpoint(args.model, args.mlflow_uri)
     flags = {k: v for k, v in (("alpha", args.alpha), ("gamma", args.gamma), ("protocol", args.protocol))
              if v is not None}
     default_config(args.dataset, data_root=args.data_root, **flags)  # --alpha 5 or --gamma nan: stop here

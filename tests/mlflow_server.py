@@ -34,8 +34,9 @@ class MlflowServer:
     """`mlflow server` with its store in `workdir/<db>`, artifacts in a local folder or `artifacts` (e.g. s3://)."""
 
     def __init__(self, workdir: Path, *, db: str = "server.db", artifacts: str | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, extra_args: list[str] | None = None) -> None:
         self.workdir = workdir
+        self.extra_args = list(extra_args or [])  # more `mlflow server` flags, e.g. --registry-store-uri
         self.db = workdir / db
         self.artifacts = artifacts
         self.env = env
@@ -50,7 +51,7 @@ class MlflowServer:
         with open(self.log, "a") as log:
             self.proc = subprocess.Popen(
                 [MLFLOW, "server", "--backend-store-uri", f"sqlite:///{self.db}", *artifacts, "--host", "127.0.0.1",
-                 "--port", str(self.port), "--workers", "1"],
+                 "--port", str(self.port), "--workers", "1", *self.extra_args],
                 env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
         deadline = time.monotonic() + timeout

@@ -71,7 +71,8 @@ class Study:
         self.ends = TrialEnds(self.opts.max_epochs, self.stop)
         self.parent = ParentRun.open(self.opts, self.space, cluster={"ray.nodes": "1"}, progress=None)
         self.callback = tracking.MLflowStudyCallback(self.parent.writer, self.parent.experiment_id, self.parent.run_id,
-                                                     self.opts.max_epochs, tags=trial_tags(self.opts), ends=self.ends)
+                                                     self.opts.max_epochs, tags=trial_tags(self.opts), ends=self.ends,
+                                                     inputs=self.parent.trial_inputs)
         self.counter = TrialCounter(PlainDisplay(self.console.append, self.space.metric, interval=None),
                                     total=self.opts.num_samples, max_epochs=self.opts.max_epochs,
                                     metric=self.space.metric, mode=self.space.mode, stop=self.stop, ends=self.ends)

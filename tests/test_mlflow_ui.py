@@ -22,6 +22,7 @@ import pytest
 from mlflow_server import MlflowServer
 from test_study import EXPERIMENT, mlflow_runs, run_study
 
+MODEL = "msdn-synthetic"  # the registered model of a synthetic study
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 BUDGETS_MS = (20000, 40000, 60000)  # virtual time for the app to fetch and render; longer when a page comes up short
 
@@ -54,7 +55,8 @@ def render(chrome: str, url: str, screenshot: Path, expected: list[str]) -> str:
 
 
 @pytest.mark.slow
-def test_mlflow_ui_shows_readable_run_names_and_the_study_description(tmp_path, synthetic_root):
+def test_mlflow_ui_shows_readable_run_names_the_study_description_the_model_datasets_and_system_metrics(
+        tmp_path, synthetic_root):
     chrome = browser()
     if chrome is None:
         pytest.skip(f"no Chromium or Chrome on PATH (looked for {', '.join(BROWSERS)}); e.g. apt-get install chromium")
@@ -78,6 +80,13 @@ def test_mlflow_ui_shows_readable_run_names_and_the_study_description(tmp_path, 
                            "orderByAsc=true", tmp_path / "mlflow_ui_runs.png", [parent.info.run_name, *names])
         run_page = render(chrome, f"{url}/#/experiments/{experiment}/runs/{parent.info.run_id}",
                           tmp_path / "mlflow_ui_parent_run.png", ["Child runs", "TEST (refit on trainval"])
+        models_page = render(chrome, f"{url}/#/models", tmp_path / "mlflow_ui_models.png", [MODEL])
+        model_page = render(chrome, f"{url}/#/models/{MODEL}", tmp_path / "mlflow_ui_model.png", ["@best", "Version 1"])
+        refit_page = render(chrome, f"{url}/#/experiments/{experiment}/runs/{refit.info.run_id}",
+                            tmp_path / "mlflow_ui_refit_run.png", [f"{MODEL}-tuned-seed", "synthetic/paper/test"])
+        trial = trials[0]
+        system_page = render(chrome, f"{url}/#/experiments/{experiment}/runs/{trial.info.run_id}/system-metrics",
+                             tmp_path / "mlflow_ui_system_metrics.png", ["cpu_utilization_percentage"])
     finally:
         server.stop()
 
@@ -90,5 +99,15 @@ def test_mlflow_ui_shows_readable_run_names_and_the_study_description(tmp_path, 
     assert re.search(r"Trials: 3 \(\d completed, \d stopped_early, 0 errored, 0 interrupted\)", run_page)
     assert f"Best trial: {best_name} (trial_id " in run_page
     assert re.search(r"TEST \(refit on trainval, 2 epochs, gamma=\S+\): S=0\.\d{4} U=0\.\d{4} H=0\.\d{4}", run_page)
-    assert (tmp_path / "mlflow_ui_runs.png").stat().st_size > 10_000
-    assert (tmp_path / "mlflow_ui_parent_run.png").stat().st_size > 10_000
+    # what MLflow users look for (issue 20): the Datasets and Source columns of the runs list, the winner under
+    # Models with its alias, the refit run's logged model and datasets, a trial's System metrics tab
+    assert "synthetic/val/train" in runs_page and "synthetic/val/validation" in runs_page, runs_page[:5000]
+    assert "run.py" in runs_page, runs_page[:5000]  # the Source column: the entry point
+    assert MODEL in models_page, models_page[:3000]
+    assert re.search(r"@\s*best", model_page) and "Version 1" in model_page, model_page[:3000]
+    assert f"{MODEL}-tuned-seed{refit.data.tags['refit.seed']}" in refit_page, refit_page[:5000]
+    assert "synthetic/paper/trainval" in refit_page and "synthetic/paper/test" in refit_page, refit_page[:5000]
+    for name in ("cpu_utilization_percentage", "system_memory_usage_megabytes", "process_memory_rss_megabytes"):
+        assert name in system_page, (name, system_page[:5000])
+    for shot in ("runs", "parent_run", "models", "model", "refit_run", "system_metrics"):
+        assert (tmp_path / f"mlflow_ui_{shot}.png").stat().st_size > 10_000, shot

@@ -120,6 +120,7 @@ def test_journal_keeps_the_study_through_a_kill_and_a_resume(tmp_path):
                                          TrialState.COMPLETE]
     assert trials[2].value == 0.36 and trials[4].value == 0.7
     assert trials[4].params != trials[0].params  # sampled, not the authors' point again
+    assert load_optuna_study(journal, "msdn-test").metric_names == [SPACE.metric]  # optuna-dashboard's objective name
 
     journal.unlink()
     with pytest.raises(StudyError, match="Optuna journal .* is missing"):

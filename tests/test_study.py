@@ -6,6 +6,7 @@ in the fast tier.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -127,6 +128,42 @@ def test_small_study_end_to_end(tmp_path, data_root):
     assert any(c.data.params["lambda_dis"] == "0.001" and c.data.params["lr"] == "0.0005" for c in children)
     # results of Tune are where --storage-path says
     assert (tmp_path / "results" / EXPERIMENT / "tuner.pkl").is_file()
+    check_mlflow_as_users_use_it(tmp_path, data_root, client, parent, children)
+
+
+def check_mlflow_as_users_use_it(workdir: Path, data_root: Path, client, parent, trials) -> None:
+    """What MLflow users look for (issue 20): the winner registered and loadable, the Datasets and Source columns,
+    each trial's own system metrics."""
+    from test_registry import predict_test_split
+
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    (refit,) = [r for r in client.search_runs([parent.info.experiment_id]) if r.data.tags.get("msdn.study") == "refit"]
+    version = client.get_model_version_by_alias("msdn-synthetic", "best")
+    assert version.run_id == refit.info.run_id and version.tags["study_run_id"] == parent.info.run_id
+    assert version.tags["trial_id"] == parent.data.tags["best_trial_id"]
+    # in a fresh process, the registered model's arg-max on the test split gives the refit's logged figures
+    predicted = predict_test_split(uri, data_root, workdir, threads=1)  # the refit ran as a one-CPU Ray task
+    assert {k: predicted[k] for k in ("S", "U", "H")} == {k: refit.data.metrics[k] for k in ("S", "U", "H")}
+    evaluate = subprocess.run([sys.executable, "-m", "msdn.evaluate", "--model", "models:/msdn-synthetic@best",
+                               "--dataset", "synthetic", "--data-root", str(data_root), "--json"], cwd=workdir,
+                              capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert evaluate.returncode == 0, evaluate.stderr[-3000:]
+    figures = json.loads(evaluate.stdout.strip().splitlines()[-1])
+    assert {k: figures[k] for k in ("S", "U", "H")} == {k: refit.data.metrics[k] for k in ("S", "U", "H")}
+    for run in [parent, refit, *trials]:
+        assert run.data.tags["mlflow.source.name"].endswith("run.py") and run.data.tags["mlflow.source.type"] == "LOCAL"
+    for trial in trials:
+        inputs = client.get_run(trial.info.run_id).inputs.dataset_inputs
+        assert sorted((i.dataset.name, i.tags[0].value) for i in inputs) == [
+            ("synthetic/val/train", "training"), ("synthetic/val/validation", "validation")]
+        # sampled in the trial's own process, reported with each epoch's results
+        cpu = client.get_metric_history(trial.info.run_id, "system/cpu_utilization_percentage")
+        rss = client.get_metric_history(trial.info.run_id, "system/process_memory_rss_megabytes")
+        assert sorted(m.step for m in cpu) == list(range(1, int(trial.data.tags["epochs_trained"]) + 1))
+        assert all(m.value > 50 for m in rss)
+    assert {i.dataset.name for i in client.get_run(refit.info.run_id).inputs.dataset_inputs} == {
+        "synthetic/paper/trainval", "synthetic/paper/test"}
+    assert client.get_metric_history(refit.info.run_id, "system/cpu_utilization_percentage")
 
 
 def _wait_for_a_running_trial_with_checkpoints(results: Path, proc: subprocess.Popen, timeout: float = 300) -> None:

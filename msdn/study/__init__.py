@@ -7,6 +7,7 @@
     lock.py          the study's lock: one process per study, a second start refused before it writes
     cluster.py       Ray: connecting, trial resources, per-node storage and data checks
     trainable.py     one trial: a Trainer driven epoch by epoch, reporting to Tune
+    system_metrics.py  CPU, memory and GPU figures sampled in a trial's or refit's own process (MLflow's names)
     runner.py        run_study: the study from start to end (options, Ray, the parent run, build_tuner, fit)
     conclude.py      the end of a study after Tuner.fit, however it ends: the outcome, refits, report, MLflow
     outcome.py       StudyOutcome: how a study ended and what it found, which the console, MLflow and files render

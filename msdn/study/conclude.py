@@ -170,6 +170,7 @@ def _finish(end: StudyEnd, outcome: StudyOutcome, files: Path, names: dict[str, 
         outcome.refits = run_refits(opts, specs, end.resources, store, progress=end.progress,
                                     on_result=lambda refit: parent.log_refit_run(refit, tags), stop=end.ends.stop)
         parent.log_refits(outcome.refits)
+        parent.register_refits(outcome)  # the first tuned seed as msdn-<dataset>@best, the authors' as @authors
         checkpoints = {r.name: store.local_checkpoint(r, files) for r in outcome.refits.tuned + outcome.refits.baseline}
         plots.append(refit_plot(files, outcome.refit, opts.dataset))
         plots.extend(path for path in [refit_seen_unseen_plot(files, outcome.refits, opts.dataset)] if path)

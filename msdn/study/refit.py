@@ -32,6 +32,7 @@ from msdn.progress import Progress
 from msdn.study.options import StudyFailed, StudyOptions, experiment_path
 from msdn.study.results import BASELINE, TUNED, RefitResult, Refits, TrialSummary, chosen_settings, refit_name
 from msdn.study.per_class import class_table
+from msdn.study.system_metrics import sampler
 from msdn.study.trainable import DataSpec, curve_lists, on_this_worker, seen_unseen_lists, trial_config
 
 RESULT_FILE = "result.json"
@@ -196,15 +197,18 @@ def refit_and_test(spec: RefitSpec, data: DataSpec, store_root: str) -> RefitRes
     bench = load_benchmark(data.dataset, data.data_root, progress=None)
     split = make_split(bench, "paper")
     trainer = Trainer(cfg, bench, split, progress=None)
+    system, samples = sampler(), []  # this node's figures over each epoch, with their time (system_metrics)
+    system.reset()
     start = time.perf_counter()
     for _ in range(cfg.epochs):  # no evaluation between epochs: the test split is looked at once
         trainer.train_epoch()
         trainer.epoch += 1  # what Trainer.run_epoch counts, so the checkpoint can be continued by msdn.train
+        samples.append({**system.take(), "timestamp": time.time()})
     train_time = time.perf_counter() - start
     evaluation = trainer.evaluate()
     result = RefitResult(metrics=evaluation.summary(), epochs=cfg.epochs, seed=cfg.seed, train_time=train_time,
                          curve=curve_lists(evaluation.curve), config=spec.config, train_config=spec.train_config,
-                         device=str(trainer.device), threads=torch.get_num_threads(),
+                         device=str(trainer.device), threads=torch.get_num_threads(), system=samples,
                          seen_unseen=seen_unseen_lists(evaluation.seen_unseen),
                          classes=class_table(evaluation.classes, split.class_ids, split.seen, bench.class_names))
     with tempfile.TemporaryDirectory() as folder:

@@ -132,6 +132,7 @@ class RefitResult:
     # top-1 at the configured settings (columns of msdn.study.per_class.CLASS_COLUMNS); {} in results stored before.
     seen_unseen: dict[str, list[float]] = field(default_factory=dict)
     classes: dict[str, list] = field(default_factory=dict)
+    system: list[dict[str, float]] = field(default_factory=list)  # per epoch: system metrics and their timestamp
 
     @property
     def name(self) -> str:
@@ -148,7 +149,8 @@ class RefitResult:
         return {"metrics": self.metrics, "epochs": self.epochs, "seed": self.seed, "train_time": self.train_time,
                 "curve": self.curve, "config": self.config, "train_config": self.train_config,
                 "checkpoint": self.checkpoint, "device": self.device, "threads": self.threads,
-                "seen_unseen": self.seen_unseen, "classes": self.classes}
+                "seen_unseen": self.seen_unseen, "classes": self.classes,
+                "system": self.system}
 
     @classmethod
     def from_json(cls, record: dict[str, Any]) -> "RefitResult":

@@ -179,7 +179,7 @@ def prepare_study(opts: StudyOptions, space: SearchSpace, started: StartRecord |
 
     ends = TrialEnds(opts.max_epochs, stop)  # each trial's final state, one rule for the console and MLflow
     callback = tracking.MLflowStudyCallback(parent.writer, parent.experiment_id, parent.run_id, opts.max_epochs,
-                                            tags=trial_tags(opts), ends=ends)
+                                            tags=trial_tags(opts), ends=ends, inputs=parent.trial_inputs)
 
     def fit() -> list[TrialRecord]:
         counter = TrialCounter(study_display(progress, space.metric, live=live, verbose=opts.verbose),

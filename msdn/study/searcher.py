@@ -116,6 +116,7 @@ class StudySearcher(OptunaSearch):
         if not super().set_search_properties(metric, mode, config, **spec):
             return False
         study = ray_private.optuna_study(self)
+        study.set_metric_names([self.metric])  # optuna-dashboard shows the study metric's name, not "Objective 0"
         # Tune sets up a resumed searcher again before restoring its state: a journal study that has trials
         # already holds the starting points, and enqueuing them again would run them twice.
         if not study.get_trials(deepcopy=False):

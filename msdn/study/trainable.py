@@ -30,6 +30,7 @@ import numpy as np
 
 from msdn.checkpoint import CHECKPOINT_FILE
 from msdn.study.checkpoints import restorable_checkpoint
+from msdn.study.system_metrics import sampler
 
 if TYPE_CHECKING:
     from msdn.metrics import EvalGrid
@@ -248,6 +249,8 @@ def train_msdn(config: dict[str, Any], *, data: DataSpec, base: dict[str, Any], 
         start[timing.TIME_WORKER_IDLE] = max(0.0, entered - worker.last_report_at)
 
     context = tune.get_context()
+    system = sampler()  # this node's CPU, memory and GPU figures, reported with every epoch (system_metrics)
+    system.reset()
     cfg = on_this_worker(trial_config(base, config, trial_seed(study_seed, config)))
     opened = time.perf_counter()
     bench, split = worker.open(data, cfg.protocol, cfg.val_fraction, cfg.val_seed)
@@ -284,7 +287,7 @@ def train_msdn(config: dict[str, Any], *, data: DataSpec, base: dict[str, Any], 
             result.update(grid_lists(trainer.last_result.grid))
             result.update(seen_unseen_lists(trainer.last_result.seen_unseen))
         result.update({"training_iteration": trainer.epoch, "trial_seed": cfg.seed,
-                       **{f"placement_{k}": v for k, v in where.items()}, **start, **previous})
+                       **{f"placement_{k}": v for k, v in where.items()}, **start, **previous, **system.take()})
         start = {}
         began = time.perf_counter()
         if force_checkpoint or checkpoint_due(trainer.epoch, cfg.epochs, checkpoint_every):

@@ -4,6 +4,8 @@
     callback.py  MLflowStudyCallback: the Tune callback that logs each trial into its child run
     parent.py    ParentRun, the study's parent run (its ids and writer): settings, best trial, refits, plots,
                  summary, and its description rendered from the study's outcome
+    registry.py  each refit's logged model (msdn.mlflow_model's pyfunc) and the Model Registry's best/authors
+    lineage.py   the datasets each trial and refit read (MLflow dataset inputs), digests computed once per study
     names.py     run names that read at a glance (`t07 lr=3.1e-4 λdis=2.0e-3 λcal=0.12`, `refit tuned seed=3`)
     writer.py    TrackingWriter: the queue and thread that does all the logging, retrying through outages
 

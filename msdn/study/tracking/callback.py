@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from ray.tune import Callback
 
@@ -49,12 +49,14 @@ class MLflowStudyCallback(Callback):
     """
 
     def __init__(self, writer, experiment_id: str, parent_run_id: str, max_epochs: int,
-                 tags: dict[str, str] | None = None, stop=None, ends: TrialEnds | None = None) -> None:
+                 tags: dict[str, str] | None = None, stop=None, ends: TrialEnds | None = None,
+                 inputs: Sequence = ()) -> None:
         self.writer = writer
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.max_epochs = max_epochs
         self.tags = dict(tags or {})
+        self.inputs = list(inputs)  # the DatasetInputs every trial reads (tracking.lineage): logged on its run
         # Each trial's final state, shared with the console; `stop` (msdn.study.interrupt.StopRequests) tells it
         # which trials a stop request cut short.
         self.ends = ends or TrialEnds(max_epochs, stop)
@@ -94,6 +96,8 @@ class MLflowStudyCallback(Callback):
         self._runs[trial_id] = run_id
         self._last_step[run_id] = 0
         c.log_batch(run_id, params=[Param(k, str(v)) for k, v in sorted(config.items())])
+        if self.inputs:
+            c.log_inputs(run_id, datasets=self.inputs)
         return run_id
 
     def _queue(self, what: str, trial, work) -> None:

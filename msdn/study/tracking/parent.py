@@ -8,7 +8,9 @@ where and with what it ran (tags: git commit, library versions, cluster size), t
 the refit checkpoints, the plots (the best trial's settings-grid heat map and the seen-unseen curves among
 them), the per-class differences (`per_class/`) and `study_summary.json`. Each refit is also a child run of
 its own (tag `msdn.study` = `refit`, `refit.config`, `refit.seed`), named `refit tuned seed=3` or
-`refit authors seed=3` (`names.refit_run_name`), with its per-class test accuracies. As the study ends, however it
+`refit authors seed=3` (`names.refit_run_name`), with its per-class test accuracies, its datasets, its system
+metrics and its logged model (`registry`); the first tuned and authors' seeds are registered as
+`msdn-<dataset>@best` and `@authors` (`ParentRun.register_refits`). As the study ends, however it
 ends, its run's description (the tag `mlflow.note.content`, shown on the run's page) becomes a short
 markdown summary of the study's outcome: `study_description`.
 
@@ -34,6 +36,8 @@ from msdn.study.report import SUMMARY_FILE, refit_lines
 from msdn.study.results import (BASELINE, COMPLETED, DELTA_KEYS, ERRORED, INTERRUPTED, STOPPED_EARLY, TUNED,
                                 RefitResult, Refits, TrialSummary)
 from msdn.study.search_space import SearchSpace
+from msdn.study.tracking import registry
+from msdn.study.tracking.lineage import StudyData, study_data_of
 from msdn.study.tracking.names import compact, refit_run_name
 from msdn.study.tracking.store import (PARENT_TAG, STORAGE_TAG, STUDY_TAG, client, ensure_experiment, log_artifacts,
                                       log_metrics, log_params_flat)
@@ -80,9 +84,19 @@ def versions() -> dict[str, str]:
             "mlflow": mlflow.__version__, "numpy": np.__version__, "python": sys.version.split()[0]}
 
 
+def source_tags() -> dict[str, str]:
+    """MLflow's own source tags, which fill the runs list's Source column: the entry point (the command's script,
+    e.g. tune/run.py), LOCAL, and the git commit of this checkout when there is one."""
+    tags = {"mlflow.source.name": sys.argv[0] or "python", "mlflow.source.type": "LOCAL"}
+    commit = git_commit()
+    if commit != "unknown":
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
 def trial_tags(opts: StudyOptions) -> dict[str, str]:
-    """Tags every trial's child run carries besides those the callback sets."""
-    return {"dataset": opts.dataset, "protocol": opts.protocol, STUDY_TAG: "trial"}
+    """Tags every trial's and refit's child run carries besides those the callback sets (the source tags too)."""
+    return {"dataset": opts.dataset, "protocol": opts.protocol, STUDY_TAG: "trial", **source_tags()}
 
 
 def open_parent_run(opts: StudyOptions, space: SearchSpace, cluster: Mapping[str, str]) -> tuple[str, str]:
@@ -104,7 +118,7 @@ def open_parent_run(opts: StudyOptions, space: SearchSpace, cluster: Mapping[str
         STUDY_TAG: "parent", STORAGE_TAG: path, "dataset": opts.dataset, "protocol": opts.protocol,
         "protocol_note": PROTOCOL_NOTES["paper" if opts.protocol == "paper" else "val"],
         "git_commit": git_commit(), **cluster,
-        **{f"version.{k}": v for k, v in versions().items()},
+        **{f"version.{k}": v for k, v in versions().items()}, **source_tags(),
     }
     run = c.create_run(experiment_id, run_name=f"study-{opts.experiment}", tags=tags)
     run_id = run.info.run_id
@@ -161,17 +175,27 @@ class ParentRun:
     outages); `close` waits for what is queued and returns what could not be logged.
     """
 
-    def __init__(self, writer: TrackingWriter, experiment_id: str, run_id: str) -> None:
+    def __init__(self, writer: TrackingWriter, experiment_id: str, run_id: str, data: StudyData | None = None,
+                 dataset: str = "") -> None:
         self.writer = writer
         self.experiment_id = experiment_id
         self.run_id = run_id
+        self.data = data  # the datasets the trials and refits read (lineage), None when they could not be read
+        self.dataset = dataset
 
     @classmethod
     def open(cls, opts: StudyOptions, space: SearchSpace, *, cluster: Mapping[str, str],
              progress: Progress = print) -> "ParentRun":
-        """A new parent run, or with --resume the one this storage path used before (`open_parent_run`), RUNNING."""
+        """A new parent run, or with --resume the one this storage path used before (`open_parent_run`), RUNNING;
+        and the study's datasets (`lineage.study_data`), read once, here on the driver."""
         experiment_id, run_id = open_parent_run(opts, space, cluster)
-        return cls(TrackingWriter(opts.mlflow_uri, progress=progress), experiment_id, run_id)
+        return cls(TrackingWriter(opts.mlflow_uri, progress=progress), experiment_id, run_id,
+                   study_data_of(opts, space, progress), opts.dataset)
+
+    @property
+    def trial_inputs(self) -> list:
+        """The trials' dataset inputs (MLflowStudyCallback logs them on each trial's run)."""
+        return self.data.inputs(self.data.trial) if self.data is not None else []
 
     def log_best(self, best: TrialSummary) -> None:
         """The best trial's params as `best.*` (the settings grid's chosen alpha and gamma included), its best epoch's
@@ -220,6 +244,60 @@ class ParentRun:
             c.set_terminated(run_id, status="FINISHED")
 
         self.writer.submit(f"the child run of refit {refit.name}", run)
+        self._log_refit_model(refit)
+
+    def _refit_run_id(self, c, name: str) -> str | None:
+        """The run of the refit `name` (<config>-seed<N>), found by its name tag."""
+        found = c.search_runs([self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{self.run_id}' and "
+                              f"tags.`{REFIT_NAME_TAG}` = '{name}'", max_results=1)
+        return found[0].info.run_id if found else None
+
+    def _log_refit_model(self, refit: RefitResult) -> None:
+        """On the refit's run: its datasets (trainval, test), its system metrics per epoch (with their times) and its
+        logged model (`registry.log_refit_model`). A checkpoint that cannot be a model is said, and skipped."""
+        from mlflow.entities import Metric
+
+        data, say = self.data, self.writer.progress or (lambda _line: None)
+        system = [Metric(k, float(v), int(sample["timestamp"] * 1000), epoch)
+                  for epoch, sample in enumerate(refit.system, 1) for k, v in sample.items() if k != "timestamp"]
+
+        def run(c) -> None:
+            run_id = self._refit_run_id(c, refit.name)
+            if run_id is None:
+                return  # its run was never made (the store refused it): nothing to add to
+            if data is not None:
+                c.log_inputs(run_id, datasets=data.inputs(data.refit))
+            for i in range(0, len(system), 1000):
+                c.log_batch(run_id, metrics=system[i:i + 1000])
+            test = (data.test.name, data.test.digest) if data is not None and data.test is not None else None
+            try:
+                registry.log_refit_model(c, self.experiment_id, run_id, refit, dataset=self.dataset,
+                                         example=data.example if data is not None else None, test=test)
+            except registry.UnusableCheckpoint as exc:  # the checkpoint, not the store: not retried
+                say(f"MLflow: refit {refit.name}: no model logged (its checkpoint {exc})")
+
+        self.writer.submit(f"the datasets, system metrics and model of refit {refit.name}", run)
+
+    def register_refits(self, outcome: StudyOutcome) -> None:
+        """Register the first tuned seed as `msdn-<dataset>@best` and the first authors' seed as `@authors`
+        (`registry.register_refits`); each registration is said on the console."""
+        refits, name = outcome.refits, registry.registered_model_name(outcome.dataset)
+        if refits is None or not refits.tuned:
+            return
+        say, store = self.writer.progress or (lambda _line: None), self.writer.tracking_uri
+
+        def run(c) -> None:
+            choices = []
+            for alias, refit in registry.first_refits(refits.tuned, refits.baseline):
+                run_id = self._refit_run_id(c, refit.name)
+                if run_id is not None:
+                    choices.append((alias, refit, run_id, registry.version_tags(
+                        refit, experiment=outcome.experiment, experiment_id=self.experiment_id,
+                        parent_run_id=self.run_id, run_id=run_id, best=outcome.best,
+                        best_run_name=outcome.best_run_name)))
+            registry.register_refits(c, choices, name, say, store)
+
+        self.writer.submit(f"registering the refits' models as {name}", run)
 
     def log_refit_files(self, best_config: Path, checkpoints: dict[str, Path]) -> None:
         """best_config.yaml at the run's top, each refit checkpoint as refit_checkpoints/<name>/."""
