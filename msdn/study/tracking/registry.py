@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from msdn.study.results import TUNED, RefitResult, TrialSummary
 
