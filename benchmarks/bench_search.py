@@ -54,9 +54,14 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402,F401  (before Ray and h5py: see tune/run.py)
 
 METHODS = ("random", "random+asha", "tpe+asha", "tpe+asha-old")
-EXTRA_METHODS = ("tpe+asha-ray",)
-DEFAULT_METHOD, REFERENCE_METHOD = "tpe+asha", "random"
-TARGET_SHARE = 0.40  # the default method should reach random search's final best within 40% of its budget
+EXTRA_METHODS = ("tpe10+asha", "tpe+asha-ray")
+DEFAULT_METHOD = "tpe+asha"
+# The references, each with the share of its budget within which the default method should reach its final best,
+# and the figure judged: on the median curves (the first round's target), or per seed, the median over seeds.
+TARGETS = {"random": (0.40, "median_curves"), "random+asha": (0.60, "per_seed_median")}
+# tpe+asha:KEY=VALUE[:KEY=VALUE...]: the study's TPE with one setting changed (msdn.study.searcher.TpeSettings).
+VARIANT_KEYS = {"startup": ("min_startup", int), "share": ("startup_share", float), "ei": ("n_ei_candidates", int),
+                "mv": ("multivariate", lambda v: bool(int(v))), "liar": ("constant_liar", lambda v: bool(int(v)))}
 # alpha and gamma as the search space files searched them before the settings grid (uniform, per dataset).
 OLD_RANGES = {"synthetic": {"alpha": (0.6, 1.0), "gamma": (0.0, 3.0)},
               "cub": {"alpha": (0.5, 1.0), "gamma": (0.0, 4.0)},
@@ -77,6 +82,54 @@ class Setup:
     max_t: int
     slots: int  # trials at once in a study
     start_from_defaults: bool
+    num_samples: int  # the trials a study of the budget runs (ASHA's share), which TPE's start-up scales with
+
+
+def asha_trials(budget: int, max_t: int, grace_period: int, reduction_factor: float) -> int:
+    """How many trials `budget` trial-epochs hold under ASHA in the long run: a trial runs grace_period epochs,
+    1/rf of the trials go on to the next rung (grace_period * rf epochs), and so on up to max_t."""
+    rungs, epochs = [], grace_period
+    while epochs < max_t:
+        rungs.append(epochs)
+        epochs = round(epochs * reduction_factor)
+    rungs.append(max_t)
+    per_trial = rungs[0] + sum((b - a) / reduction_factor ** i for i, (a, b) in enumerate(zip(rungs, rungs[1:]), 1))
+    return max(1, round(budget / per_trial))
+
+
+def method_parts(method: str) -> tuple[str, dict[str, Any]]:
+    """A method's name and TpeSettings changes: "tpe+asha:startup=6:ei=48" -> ("tpe+asha", {min_startup: 6,
+    startup_share: 0, n_ei_candidates: 48}); SystemExit naming --methods for a name or setting it does not know."""
+    base, *settings = method.split(":")
+    if base not in METHODS + EXTRA_METHODS or (settings and base != DEFAULT_METHOD):
+        raise SystemExit(f"error: --methods {method}: expected one of {', '.join(METHODS + EXTRA_METHODS)}, or "
+                         f"{DEFAULT_METHOD}:KEY=VALUE[:KEY=VALUE] with KEY of {', '.join(VARIANT_KEYS)}")
+    changes: dict[str, Any] = {}
+    for setting in settings:
+        key, _, value = setting.partition("=")
+        if key not in VARIANT_KEYS or not value:
+            raise SystemExit(f"error: --methods {method}: {setting!r} is not KEY=VALUE with KEY of "
+                             f"{', '.join(VARIANT_KEYS)}")
+        name, kind = VARIANT_KEYS[key]
+        changes[name] = kind(value)
+        if key == "startup":  # a fixed start-up count, not a share of the trials
+            changes.setdefault("startup_share", 0.0)
+    return base, changes
+
+
+def method_sampler(method: str, seed: int, num_samples: int):
+    """The Optuna sampler of `method`: random search; Optuna's default TPE (10 random start-up trials) for
+    tpe10+asha and Ray's own OptunaSearch; otherwise the study's TPE (msdn.study.searcher.TPE), changed as named."""
+    import optuna
+
+    from msdn.study.searcher import TPE
+
+    base, changes = method_parts(method)
+    if base.startswith("random"):
+        return optuna.samplers.RandomSampler(seed=seed)
+    if base in ("tpe10+asha", "tpe+asha-ray"):
+        return optuna.samplers.TPESampler(seed=seed)
+    return dataclasses.replace(TPE, **changes).sampler(seed, num_samples)
 
 
 def method_space(setup: Setup, method: str):
@@ -88,7 +141,7 @@ def method_space(setup: Setup, method: str):
     space = dataclasses.replace(space, start_from_defaults=setup.start_from_defaults, points_to_evaluate=(),
                                 asha=dataclasses.replace(space.asha, max_t=setup.max_t,
                                                          grace_period=min(space.asha.grace_period, setup.max_t)))
-    if method == "tpe+asha-old":
+    if method_parts(method)[0] == "tpe+asha-old":
         searched = tuple(ParamSpec(name, "uniform", low, high)
                          for name, (low, high) in OLD_RANGES[setup.dataset].items())
         space = dataclasses.replace(space, params=space.params + searched, grid=(), metric="H")
@@ -148,8 +201,7 @@ def run_one(setup: Setup, method: str, seed: int, storage: str) -> dict[str, Any
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = method_space(setup, method)
-    sampler = (optuna.samplers.RandomSampler(seed=seed) if method.startswith("random")
-               else optuna.samplers.TPESampler(seed=seed))
+    sampler = method_sampler(method, seed, setup.num_samples)
     points = space.initial_points(setup.dataset) if setup.start_from_defaults else []
     if method == "tpe+asha-ray":
         searcher = OptunaSearch(sampler=sampler, points_to_evaluate=points or None)
@@ -216,19 +268,34 @@ def quartiles(values: list[float]) -> tuple[float, float, float]:
     return float(q1), float(q2), float(q3)
 
 
+def method_order(method: str) -> tuple[int, str]:
+    known = METHODS + EXTRA_METHODS
+    return (known.index(method) if method in known else len(known), method)
+
+
+def shares(runs: list[dict[str, Any]], mine: list[dict[str, Any]], median: np.ndarray,
+           reference: str) -> dict[str, Any]:
+    """The share of `reference`'s budget after which `mine` reach its final best: on the median curves (against
+    the reference's median final best), and per seed (against the same seed's final best), with their median."""
+    curves = np.array([r["curve"] for r in runs if r["method"] == reference])
+    final = {r["seed"]: r["curve"][-1] for r in runs if r["method"] == reference}
+    per_seed = [share_to_reach(r["curve"], final[r["seed"]]) for r in mine if r["seed"] in final]
+    return {"median_curves": share_to_reach(median.tolist(), float(np.median(curves, axis=0)[-1])) if final else None,
+            "per_seed_median": float(np.median(per_seed)) if per_seed else None, "per_seed": per_seed}
+
+
 def analyse(runs: list[dict[str, Any]], budget: int) -> dict[str, Any]:
-    """Per method: the median curve and its quartiles, shares of random search's budget, refit test H."""
-    methods = [m for m in METHODS + EXTRA_METHODS if any(r["method"] == m for r in runs)]
+    """Per method: the median curve and its quartiles, shares of the references' budgets (random search, random
+    search with ASHA) to reach their final best, refit test H."""
+    methods = sorted({r["method"] for r in runs}, key=method_order)
     curves = {m: np.array([r["curve"] for r in runs if r["method"] == m]) for m in methods}
     median = {m: np.median(c, axis=0) for m, c in curves.items()}
-    out: dict[str, Any] = {"budget": budget, "methods": {}}
-    reference = median.get(REFERENCE_METHOD)
-    target = float(reference[-1]) if reference is not None else None
-    random_final = {r["seed"]: r["curve"][-1] for r in runs if r["method"] == REFERENCE_METHOD}
+    out: dict[str, Any] = {"budget": budget, "methods": {}, "final_best_median": {
+        ref: float(median[ref][-1]) for ref in TARGETS if ref in median}}
     for m in methods:
         mine = [r for r in runs if r["method"] == m]
-        per_seed = [share_to_reach(r["curve"], random_final[r["seed"]]) for r in mine if r["seed"] in random_final]
         tests = [r["test"]["H"] for r in mine]
+        against = {ref: shares(runs, mine, median[m], ref) for ref in TARGETS}
         out["methods"][m] = {
             "seeds": len(mine),
             "median_curve": median[m].tolist(),
@@ -236,15 +303,16 @@ def analyse(runs: list[dict[str, Any]], budget: int) -> dict[str, Any]:
             "q3_curve": np.percentile(curves[m], 75, axis=0).tolist(),
             "best_at": {f"{int(100 * f)}%": quartiles([r["curve"][max(0, round(f * budget) - 1)] for r in mine])
                         for f in (0.25, 0.5, 1.0)},
-            "share_of_random_budget": share_to_reach(median[m].tolist(), target) if target is not None else None,
-            "share_per_seed_median": float(np.median(per_seed)) if per_seed else None,
-            "share_per_seed": per_seed,
+            "share_of_random_budget": against["random"]["median_curves"],
+            "share_per_seed_median": against["random"]["per_seed_median"],
+            "share_per_seed": against["random"]["per_seed"],
+            "shares": against,
             "test_H": quartiles(tests),
             "test_H_values": tests,
             "trials_median": float(np.median([r["trials"] for r in mine])),
             "wall_s_median": float(np.median([r["wall_s"] for r in mine])),
         }
-    out["random_final_best_median"] = target
+    out["random_final_best_median"] = out["final_best_median"].get("random")
     return out
 
 
@@ -259,26 +327,33 @@ def _share(x: float | None) -> str:
 
 
 def report_lines(figures: dict[str, Any], command: str) -> list[str]:
-    """The table (markdown) and the verdict against the target share."""
+    """The table (markdown) and the verdicts against the target shares."""
     lines = [HEADER, f"command: {command}", f"budget: {figures['budget']} trial-epochs per study; H in %, "
              "median [interquartile range] over study seeds", "",
              "| method | seeds | best val H @25% | @50% | @100% of budget | share of random's budget to reach its "
-             "final best (median curves / per-seed median) | refit test H | trials |",
-             "|---|---|---|---|---|---|---|---|"]
+             "final best (median curves / per-seed median) | share of random+asha's budget to reach its final "
+             "best (median curves / per-seed median) | refit test H | trials |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for m, f in figures["methods"].items():
         cells = [f"{_pct(f['best_at'][k][1])} [{_pct(f['best_at'][k][0])}, {_pct(f['best_at'][k][2])}]"
                  for k in ("25%", "50%", "100%")]
         test = f"{_pct(f['test_H'][1])} [{_pct(f['test_H'][0])}, {_pct(f['test_H'][2])}]"
-        lines.append(f"| {m} | {f['seeds']} | {' | '.join(cells)} | {_share(f['share_of_random_budget'])} / "
-                     f"{_share(f['share_per_seed_median'])} | {test} | {f['trials_median']:.0f} |")
+        share = [f"{_share(f['shares'][ref]['median_curves'])} / {_share(f['shares'][ref]['per_seed_median'])}"
+                 for ref in TARGETS]
+        lines.append(f"| {m} | {f['seeds']} | {' | '.join(cells)} | {' | '.join(share)} | {test} | "
+                     f"{f['trials_median']:.0f} |")
     default = figures["methods"].get(DEFAULT_METHOD)
-    if default and figures.get("random_final_best_median") is not None:
-        share = default["share_of_random_budget"]
-        verdict = "meets" if share <= TARGET_SHARE else "misses"
-        lines += ["", f"{DEFAULT_METHOD} reaches random search's final best validation H "
-                  f"({_pct(figures['random_final_best_median'])}, median over seeds) after {_share(share)} of the "
-                  f"budget (median curves; per seed, median {_share(default['share_per_seed_median'])}): "
-                  f"{verdict} the target of <= {TARGET_SHARE:.0%}"]
+    for ref, (target, judged) in TARGETS.items():
+        if default is None or ref not in figures["final_best_median"]:
+            continue
+        share = default["shares"][ref]
+        shown = {"median_curves": f"{_share(share['median_curves'])} on the median curves",
+                 "per_seed_median": f"{_share(share['per_seed_median'])} per seed against the same seed's {ref}, "
+                                    f"median over seeds"}
+        lines += ["", f"{DEFAULT_METHOD} reaches {ref}'s final best validation H "
+                  f"({_pct(figures['final_best_median'][ref])}, median over seeds) after {shown[judged]} "
+                  f"({shown[next(k for k in shown if k != judged)]}): "
+                  f"{'meets' if share[judged] <= target else 'misses'} the target of <= {target:.0%}"]
     return lines
 
 
@@ -296,9 +371,10 @@ def plot(figures: dict[str, Any], path: Path, title: str) -> Path:
                           linewidth=2.2 if m == DEFAULT_METHOD else 1.4)
         ax.fill_between(x, 100 * np.asarray(f["q1_curve"]), 100 * np.asarray(f["q3_curve"]), alpha=0.15,
                         color=line.get_color())
-    if figures.get("random_final_best_median") is not None:
-        ax.axhline(100 * figures["random_final_best_median"], color="grey", linestyle=":", linewidth=1,
-                   label="random search's final best (median)")
+    for ref, style in zip(TARGETS, (":", "--")):
+        if ref in figures["final_best_median"]:
+            ax.axhline(100 * figures["final_best_median"][ref], color="grey", linestyle=style, linewidth=1,
+                       label=f"{ref}'s final best (median)")
     ax.set_xlabel("trial-epochs spent")
     ax.set_ylabel("best validation H so far (%)")
     ax.set_title(title)
@@ -317,7 +393,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None, help="data root (default: a synthetic benchmark in a temporary folder)")
     p.add_argument("--search-space", default=None, help="default: search_spaces/<dataset>.yaml")
     p.add_argument("--methods", default=",".join(METHODS),
-                   help=f"comma-separated, of {', '.join(METHODS + EXTRA_METHODS)}")
+                   help=f"comma-separated, of {', '.join(METHODS + EXTRA_METHODS)}, and {DEFAULT_METHOD}:KEY=VALUE"
+                        f"[:KEY=VALUE...] (the study's TPE with a setting changed; KEY of {', '.join(VARIANT_KEYS)})")
+    p.add_argument("--num-samples", type=int, default=None,
+                   help="the study's trials, which TPE's start-up count scales with (default: what the budget holds "
+                        "under ASHA)")
     p.add_argument("--seeds", type=int, default=5, help="study seeds per method (0, 1, ...)")
     p.add_argument("--budget", type=int, default=160, help="trial-epochs per study")
     p.add_argument("--max-t", type=int, default=None, help="epochs of a full trial (default: the space's asha.max_t)")
@@ -423,9 +503,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         args.seeds, args.budget, args.max_t = 1, 6, 2
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS + EXTRA_METHODS]
-    if unknown:
-        raise SystemExit(f"error: --methods {','.join(unknown)}: expected some of {', '.join(METHODS + EXTRA_METHODS)}")
+    for method in methods:
+        method_parts(method)  # SystemExit naming --methods for an unknown one
     space_path = args.search_space or str(REPO / "search_spaces" / f"{args.dataset}.yaml")
     command = "python benchmarks/bench_search.py " + " ".join(argv if argv is not None else sys.argv[1:])
     with tempfile.TemporaryDirectory(prefix="msdn-bench-search-") as tmp:
@@ -433,8 +512,12 @@ def main(argv: list[str] | None = None) -> int:
         data_root = prepare_data(args, workdir)
         from msdn.study.search_space import load_search_space
 
-        max_t = args.max_t or load_search_space(space_path, args.dataset).asha.max_t
-        setup = Setup(args.dataset, data_root, space_path, args.budget, max_t, args.slots, args.start_from_defaults)
+        asha = load_search_space(space_path, args.dataset).asha
+        max_t = args.max_t or asha.max_t
+        num_samples = args.num_samples or asha_trials(args.budget, max_t, min(asha.grace_period, max_t),
+                                                      asha.reduction_factor)
+        setup = Setup(args.dataset, data_root, space_path, args.budget, max_t, args.slots, args.start_from_defaults,
+                      num_samples)
         log = Path(args.json).with_suffix(".runs.jsonl") if args.json else None
         earlier = [json.loads(line) for line in log.read_text().splitlines()] if args.resume and log.is_file() else []
         if log is not None and not args.resume:
@@ -442,14 +525,14 @@ def main(argv: list[str] | None = None) -> int:
         done = {(r["method"], r["seed"]) for r in earlier}
         jobs = [(m, s) for s in range(args.seeds) for m in methods if (m, s) not in done]
         print(f"{len(jobs)} studies ({', '.join(methods)} x {args.seeds} seeds; {len(earlier)} done before) of "
-              f"{args.budget} trial-epochs, max_t {max_t}, {args.slots} slots, {args.parallel} at once, on "
-              f"{args.dataset}", flush=True)
+              f"{args.budget} trial-epochs (about {num_samples} trials under ASHA), max_t {max_t}, {args.slots} slots, "
+              f"{args.parallel} at once, on {args.dataset}", flush=True)
         start = time.perf_counter()
         runs = earlier + run_all(setup, jobs, args.parallel, workdir, log)
     runs = [r for r in runs if r["method"] in methods and r["seed"] < args.seeds]
     figures = analyse(runs, args.budget)
     figures.update(command=command, wall_s=time.perf_counter() - start, dataset=args.dataset, max_t=max_t,
-                   slots=args.slots)
+                   slots=args.slots, num_samples=num_samples)
     print("\n".join(report_lines(figures, command)))
     if args.json:
         Path(args.json).write_text(json.dumps({"figures": figures, "runs": runs}, indent=1))

@@ -15,12 +15,17 @@
   survives a kill, works on shared filesystems), named after the experiment, so `optuna-dashboard` opens
   it and `--resume` continues it, pruned trials included.
 
+Its sampler is TPE with settings chosen by measurement (`TpeSettings`, benchmarks/README.md): a start-up
+of random trials scaled to the study's number of trials, multivariate, a constant liar for trials that run
+at once.
+
     optuna-dashboard results/msdn-synthetic-val/optuna_study.journal
 """
 from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +42,34 @@ logger = logging.getLogger(__name__)
 JOURNAL_FILE = "optuna_study.journal"
 # Importances are fitted on COMPLETE trials only; with fewer than this they are noise.
 MIN_TRIALS_FOR_IMPORTANCE = 4
+
+
+@dataclass(frozen=True)
+class TpeSettings:
+    """The study's TPE sampler. Optuna's default start-up of 10 random trials is most of a 12-40-trial study
+    (then TPE adds nothing: benchmarks/README.md, bench_search); here it is a share of the study's trials
+    with a floor, so that TPE has a few finished trials to fit and then guides the rest."""
+
+    startup_share: float = 0.1  # of the study's trials (--num-samples), rounded up
+    min_startup: int = 4  # TPE's density estimates need a few finished (COMPLETE or PRUNED) trials
+    n_ei_candidates: int = 24  # Optuna's default
+    multivariate: bool = True  # joint density over the parameters (Optuna 5's default for one objective)
+    constant_liar: bool = True  # running trials count as bad, so trials running at once differ
+
+    def startup_trials(self, num_samples: int) -> int:
+        return max(self.min_startup, math.ceil(self.startup_share * num_samples))
+
+    def sampler(self, seed: int | None, num_samples: int) -> optuna.samplers.TPESampler:
+        import warnings
+
+        with warnings.catch_warnings():  # group/multivariate were experimental once; nothing to act on
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(n_startup_trials=self.startup_trials(num_samples),
+                                              n_ei_candidates=self.n_ei_candidates, multivariate=self.multivariate,
+                                              constant_liar=self.constant_liar, seed=seed)
+
+
+TPE = TpeSettings()
 
 
 def journal_path(experiment_path: str) -> Path | None:
@@ -73,7 +106,12 @@ class StudySearcher(OptunaSearch):
     """OptunaSearch with partial starting points, PRUNED trials for ASHA's stops, and a persisted study."""
 
     def __init__(self, *, starting_points: list[dict[str, Any]] | None = None, max_epochs: int | None = None,
-                 journal: Path | None = None, resume: bool = False, **kwargs: Any) -> None:
+                 journal: Path | None = None, resume: bool = False, num_samples: int | None = None,
+                 **kwargs: Any) -> None:
+        """`num_samples`: the study's trials; given (and no `sampler`), the sampler is TPE with the study's
+        settings (`TPE`) and `seed`; otherwise OptunaSearch's own default sampler, or `sampler`."""
+        if num_samples is not None and kwargs.get("sampler") is None:
+            kwargs["sampler"] = TPE.sampler(kwargs.pop("seed", None), num_samples)
         self._starting_points = [dict(point) for point in starting_points or []]
         self._max_epochs = max_epochs  # a trial that stops before it was stopped early (ASHA)
         self._journal = journal
