@@ -35,11 +35,11 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-from msdn.study.options import StudyError
+from msdn.study.options import JOURNAL_FILE, StudyError
+from msdn.study.warm_start import FACTS_ATTR, WARM_START_ATTR, load_earlier_study, mark_trial, seed_study, with_params
 
 logger = logging.getLogger(__name__)
 
-JOURNAL_FILE = "optuna_study.journal"
 # Importances are fitted on COMPLETE trials only; with fewer than this they are noise.
 MIN_TRIALS_FOR_IMPORTANCE = 4
 
@@ -107,11 +107,17 @@ class StudySearcher(OptunaSearch):
 
     def __init__(self, *, starting_points: list[dict[str, Any]] | None = None, max_epochs: int | None = None,
                  journal: Path | None = None, resume: bool = False, num_samples: int | None = None,
-                 **kwargs: Any) -> None:
+                 facts: dict[str, Any] | None = None, warm_start: str | Path | None = None, **kwargs: Any) -> None:
         """`num_samples`: the study's trials; given (and no `sampler`), the sampler is TPE with the study's
-        settings (`TPE`) and `seed`; otherwise OptunaSearch's own default sampler, or `sampler`."""
+        settings (`TPE`) and `seed`; otherwise OptunaSearch's own default sampler, or `sampler`.
+        `facts`: what the study's values depend on (`warm_start.study_facts`), recorded in a new study for later
+        warm starts; `warm_start`: an earlier study's result folder whose trials seed a new study."""
         if num_samples is not None and kwargs.get("sampler") is None:
             kwargs["sampler"] = TPE.sampler(kwargs.pop("seed", None), num_samples)
+        self._facts = facts
+        # Read now, in the driver: the searcher is pickled with the Tuner, so a resume needs no earlier folder.
+        self._earlier = load_earlier_study(warm_start, JOURNAL_FILE) if warm_start is not None else None
+        self.warm_started = None  # what the warm start put into the study (warm_start.WarmStart)
         self._starting_points = [dict(point) for point in starting_points or []]
         self._max_epochs = max_epochs  # a trial that stops before it was stopped early (ASHA)
         self._journal = journal
@@ -124,9 +130,34 @@ class StudySearcher(OptunaSearch):
         # Tune sets up a resumed searcher again before restoring its state: a journal study that has trials
         # already holds the starting points, and enqueuing them again would run them twice.
         if not self._ot_study.get_trials(deepcopy=False):
-            for point in self._starting_points:
+            self._seed_new_study()
+        self._starting_points, self._earlier = [], None  # once: the Optuna study (saved with the searcher) keeps them
+
+    def _seed_new_study(self) -> None:
+        """A new study: its facts, the earlier study's trials (warm start), then the starting points (those the
+        earlier study's evidence already holds are not run again)."""
+        facts = with_params(self._facts or {}, self._space if isinstance(self._space, dict) else {})
+        if self._facts is not None:
+            self._ot_study.set_user_attr(FACTS_ATTR, facts)
+        if self._earlier is not None:
+            self.warm_started = seed_study(self._ot_study, self._earlier, facts, self._space)
+            logger.info(self.warm_started.describe())
+        known = [t.params for t in self._ot_study.get_trials(deepcopy=False)]
+        for point in self._starting_points:
+            if not any(point.items() <= params.items() for params in known):
                 self._ot_study.enqueue_trial(point)
-        self._starting_points = []  # enqueued once: the Optuna study (saved with the searcher) keeps them
+
+    def suggest(self, trial_id: str) -> dict | None:
+        config = super().suggest(trial_id)
+        self._mark(trial_id)
+        return config
+
+    def _mark(self, trial_id: str) -> None:
+        """A trial enqueued from an earlier study: its MLflow run gets the tag (`warm_start.trial_tags`)."""
+        ot_trial = self._ot_trials.get(trial_id)
+        source = ot_trial.user_attrs.get(WARM_START_ATTR) if ot_trial is not None else None
+        if source:
+            mark_trial(trial_id, source)
 
     # -- what Tune tells the searcher --------------------------------------------------------------------
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -178,6 +209,8 @@ class StudySearcher(OptunaSearch):
         """Tune's saved searcher state, then the journal: trials asked for after that state was saved (the
         study was killed before Tune could record them) stay RUNNING in the journal, and are marked FAIL."""
         super().restore(checkpoint_path)
+        for trial_id in self._ot_trials:
+            self._mark(trial_id)  # a trial asked for before the stop may get its MLflow run only now
         known = {ot_trial._trial_id for ot_trial in self._ot_trials.values()}
         storage = self._ot_study._storage
         for frozen in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
