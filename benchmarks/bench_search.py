@@ -54,8 +54,10 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402,F401  (before Ray and h5py: see tune/run.py)
 
 METHODS = ("random", "random+asha", "tpe+asha", "tpe+asha-old")
-EXTRA_METHODS = ("tpe10+asha", "tpe+asha-ray")
+EXTRA_METHODS = ("tpe10+asha", "tpe+asha-warm", "tpe+asha-ray")
 DEFAULT_METHOD = "tpe+asha"
+WARM_METHOD = "tpe+asha-warm"  # the default, warm-started from a study on a second benchmark (--source-data-root)
+SOURCE_SEED_OFFSET = 1000  # the study seed of tpe+asha-warm's source study: SOURCE_SEED_OFFSET + the study's seed
 # The references, each with the share of its budget within which the default method should reach its final best,
 # and the figure judged: on the median curves (the first round's target), or per seed, the median over seeds.
 TARGETS = {"random": (0.40, "median_curves"), "random+asha": (0.60, "per_seed_median")}
@@ -83,6 +85,7 @@ class Setup:
     slots: int  # trials at once in a study
     start_from_defaults: bool
     num_samples: int  # the trials a study of the budget runs (ASHA's share), which TPE's start-up scales with
+    source_root: str | None = None  # the second benchmark (the same dataset's files) that tpe+asha-warm starts from
 
 
 def asha_trials(budget: int, max_t: int, grace_period: int, reduction_factor: float) -> int:
@@ -186,18 +189,22 @@ def best_so_far(values: list[float], budget: int) -> list[float]:
     return out + [out[-1] if out else 0.0] * (budget - len(out))
 
 
-def run_one(setup: Setup, method: str, seed: int, storage: str) -> dict[str, Any]:
-    """One study of `method` with study seed `seed` (a connected Ray); its curve, best trial and refit."""
+def fit(setup: Setup, method: str, seed: int, storage: str, name: str, *, journal: bool = False,
+        warm_start: Path | None = None):
+    """Tune's part of one study (a connected Ray): its space, its recorded results, its base config and wall time.
+    `journal`: keep the Optuna study in the study's folder (<storage>/<name>), as a study does; `warm_start`: an
+    earlier study's folder (--warm-start)."""
     import optuna
-    import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
     from msdn.config import default_config
+    from msdn.study.options import JOURNAL_FILE
     from msdn.study.searcher import StudySearcher
-    from msdn.study.trainable import DataSpec, train_msdn, trial_seed
+    from msdn.study.trainable import DataSpec, train_msdn
+    from msdn.study.warm_start import study_facts
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = method_space(setup, method)
@@ -206,7 +213,10 @@ def run_one(setup: Setup, method: str, seed: int, storage: str) -> dict[str, Any
     if method == "tpe+asha-ray":
         searcher = OptunaSearch(sampler=sampler, points_to_evaluate=points or None)
     else:
-        searcher = StudySearcher(starting_points=points, max_epochs=setup.max_t, sampler=sampler)
+        searcher = StudySearcher(starting_points=points, max_epochs=setup.max_t, sampler=sampler, study_name=name,
+                                 journal=Path(storage) / name / JOURNAL_FILE if journal else None,
+                                 facts=study_facts(setup.dataset, setup.data_root, space, setup.max_t),
+                                 warm_start=warm_start)
     scheduler = (FIFOScheduler() if method == "random" else
                  ASHAScheduler(time_attr="training_iteration", max_t=setup.max_t, grace_period=space.asha.grace_period,
                                reduction_factor=space.asha.reduction_factor))
@@ -223,11 +233,33 @@ def run_one(setup: Setup, method: str, seed: int, storage: str) -> dict[str, Any
         tune_config=tune.TuneConfig(metric=space.metric, mode=space.mode, num_samples=setup.budget,
                                     search_alg=ConcurrencyLimiter(searcher, max_concurrent=setup.slots),
                                     scheduler=scheduler, reuse_actors=True),
-        run_config=tune.RunConfig(name=f"{method}-seed{seed}", storage_path=storage, stop=recorder.stopper,
+        run_config=tune.RunConfig(name=name, storage_path=storage, stop=recorder.stopper,
                                   callbacks=[recorder.callback], verbose=0,
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
     ).fit()
-    wall = time.perf_counter() - start
+    return space, recorder, base, time.perf_counter() - start
+
+
+def run_one(setup: Setup, method: str, seed: int, storage: str) -> dict[str, Any]:
+    """One study of `method` with study seed `seed` (a connected Ray); its curve, best trial and refit.
+
+    tpe+asha-warm: first a tpe+asha study with the same budget on the source benchmark (another generator seed),
+    kept in its folder with its journal; then the study, warm-started from that folder. The source study's seed is
+    SOURCE_SEED_OFFSET + seed: with the same seed, its best would be among the random start-up configurations the
+    cold start samples first anyway."""
+    import ray
+
+    from msdn.study.trainable import trial_seed
+
+    warm_start, source = None, {}
+    if method == WARM_METHOD:
+        name = f"source-{DEFAULT_METHOD}-seed{seed}"
+        _, recorded, _, wall = fit(dataclasses.replace(setup, data_root=setup.source_root), DEFAULT_METHOD,
+                                   SOURCE_SEED_OFFSET + seed, storage, name, journal=True)
+        warm_start = Path(storage) / name
+        scored = [r[recorded.metric] for r in recorded.results[:setup.budget] if r[recorded.metric] is not None]
+        source = {"source_best": max(scored, default=None), "source_wall_s": wall}
+    space, recorder, base, wall = fit(setup, method, seed, storage, f"{method}-seed{seed}", warm_start=warm_start)
     within = recorder.results[:setup.budget]
     curve = best_so_far([r[space.metric] for r in within], setup.budget)
     scored = [r for r in within if r[space.metric] is not None and math.isfinite(r[space.metric])]
@@ -238,7 +270,7 @@ def run_one(setup: Setup, method: str, seed: int, storage: str) -> dict[str, Any
         base, params, int(best["training_iteration"]), trial_seed(seed, sampled), setup.dataset, setup.data_root))
     return {"method": method, "seed": seed, "curve": curve, "best": best[space.metric], "best_params": params,
             "best_epoch": int(best["training_iteration"]), "trials": len({r["trial_id"] for r in within}),
-            "results": len(recorder.results), "wall_s": wall, "test": refit}
+            "results": len(recorder.results), "wall_s": wall, "test": refit, **source}
 
 
 def refit_and_test(base: dict[str, Any], params: dict[str, Any], epochs: int, seed: int, dataset: str,
@@ -312,6 +344,9 @@ def analyse(runs: list[dict[str, Any]], budget: int) -> dict[str, Any]:
             "trials_median": float(np.median([r["trials"] for r in mine])),
             "wall_s_median": float(np.median([r["wall_s"] for r in mine])),
         }
+    if WARM_METHOD in out["methods"] and DEFAULT_METHOD in median:  # warm against cold, seed by seed
+        out["methods"][WARM_METHOD]["shares"][DEFAULT_METHOD] = shares(
+            runs, [r for r in runs if r["method"] == WARM_METHOD], median[WARM_METHOD], DEFAULT_METHOD)
     out["random_final_best_median"] = out["final_best_median"].get("random")
     return out
 
@@ -354,6 +389,14 @@ def report_lines(figures: dict[str, Any], command: str) -> list[str]:
                   f"({_pct(figures['final_best_median'][ref])}, median over seeds) after {shown[judged]} "
                   f"({shown[next(k for k in shown if k != judged)]}): "
                   f"{'meets' if share[judged] <= target else 'misses'} the target of <= {target:.0%}"]
+    warm = figures["methods"].get(WARM_METHOD)
+    if warm and default and DEFAULT_METHOD in warm["shares"]:
+        against = warm["shares"][DEFAULT_METHOD]
+        at = {m: f"{_pct(f['best_at']['25%'][1])}" for m, f in ((WARM_METHOD, warm), (DEFAULT_METHOD, default))}
+        lines += ["", f"{WARM_METHOD} (warm-started from a {DEFAULT_METHOD} study on a second benchmark) reaches the "
+                  f"cold start's final best after {_share(against['per_seed_median'])} of its budget (per seed, median; "
+                  f"median curves {_share(against['median_curves'])}); best val H after 25% of the budget "
+                  f"{at[WARM_METHOD]} warm, {at[DEFAULT_METHOD]} cold"]
     return lines
 
 
@@ -391,6 +434,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", default="synthetic")
     p.add_argument("--data-root", default=None, help="data root (default: a synthetic benchmark in a temporary folder)")
+    p.add_argument("--source-data-root", default=None,
+                   help=f"{WARM_METHOD}'s first benchmark, the same dataset's files (default: the synthetic benchmark "
+                        f"of generator seed --source-seed, in a temporary folder)")
+    p.add_argument("--source-seed", type=int, default=1, help="generator seed of the default --source-data-root")
     p.add_argument("--search-space", default=None, help="default: search_spaces/<dataset>.yaml")
     p.add_argument("--methods", default=",".join(METHODS),
                    help=f"comma-separated, of {', '.join(METHODS + EXTRA_METHODS)}, and {DEFAULT_METHOD}:KEY=VALUE"
@@ -415,16 +462,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def prepare_data(args: argparse.Namespace, workdir: Path) -> str:
-    """The data root: --data-root, or the synthetic benchmark (seed 0) written under `workdir`."""
-    if args.data_root:
-        return str(Path(args.data_root).resolve())
+def prepare_data(given: str | None, workdir: Path, dataset: str, generator_seed: int) -> str:
+    """A data root: `given`, or the synthetic benchmark of `generator_seed` written under `workdir`; its cache built."""
     from msdn.data import load_benchmark
     from msdn.synthetic import ensure_synthetic
 
-    root = workdir / "data"
-    ensure_synthetic(root, seed=0, progress=print)
-    load_benchmark("synthetic", root, progress=None)  # the float16 cache, once, before the trials
+    if given:
+        root = Path(given).resolve()
+    elif dataset != "synthetic":
+        raise SystemExit(f"error: --dataset {dataset}: expected --data-root (and for {WARM_METHOD} --source-data-root)"
+                         f"; only the synthetic benchmark is generated")
+    else:
+        root = workdir / f"data-seed{generator_seed}"
+        ensure_synthetic(root, seed=generator_seed, progress=print)
+    load_benchmark(dataset, root, progress=None)  # the float16 cache, once, before the trials
     return str(root)
 
 
@@ -509,7 +560,9 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/bench_search.py " + " ".join(argv if argv is not None else sys.argv[1:])
     with tempfile.TemporaryDirectory(prefix="msdn-bench-search-") as tmp:
         workdir = Path(tmp)
-        data_root = prepare_data(args, workdir)
+        data_root = prepare_data(args.data_root, workdir, args.dataset, 0)
+        source_root = (prepare_data(args.source_data_root, workdir, args.dataset, args.source_seed)
+                       if WARM_METHOD in methods else None)
         from msdn.study.search_space import load_search_space
 
         asha = load_search_space(space_path, args.dataset).asha
@@ -517,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
         num_samples = args.num_samples or asha_trials(args.budget, max_t, min(asha.grace_period, max_t),
                                                       asha.reduction_factor)
         setup = Setup(args.dataset, data_root, space_path, args.budget, max_t, args.slots, args.start_from_defaults,
-                      num_samples)
+                      num_samples, source_root)
         log = Path(args.json).with_suffix(".runs.jsonl") if args.json else None
         earlier = [json.loads(line) for line in log.read_text().splitlines()] if args.resume and log.is_file() else []
         if log is not None and not args.resume:

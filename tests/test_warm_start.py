@@ -60,7 +60,8 @@ def earlier_study(folder: Path, data_root: Path) -> list[dict]:
 
 
 def files(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+    """Every file under `folder` with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_same_benchmark_the_earlier_trials_are_evidence_and_never_run(tmp_path, synthetic_root):
@@ -165,3 +166,37 @@ def test_tune_run_exits_2_naming_warm_start_before_ray(tmp_path, synthetic_root)
     assert done.stderr.startswith(f"error: --warm-start {tmp_path / 'nowhere'}: does not exist; expected the result "
                                   "folder of an earlier study"), done.stderr
     assert "Traceback" not in done.stderr and "Ray" not in done.stdout + done.stderr
+
+
+@pytest.mark.slow
+def test_a_study_warm_started_from_another_benchmark_runs_its_best_first_and_tags_their_runs(tmp_path, synthetic_root,
+                                                                                             other_root):
+    """Two short studies through tune/run.py: the second, on another benchmark, starts from the first's folder."""
+    from mlflow.tracking import MlflowClient
+
+    from msdn.study.tracking.store import STUDY_TAG
+
+    def study(root: Path, experiment: str, samples: int, *extra: str) -> None:
+        done = subprocess.run([sys.executable, str(REPO / "tune" / "run.py"), "--dataset", "synthetic", "--data-root",
+                               str(root), "--num-samples", str(samples), "--max-epochs", "2", "--no-refit",
+                               "--experiment", experiment, *extra], capture_output=True, text=True, timeout=600,
+                              cwd=tmp_path)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    study(other_root, "msdn-source", 3)
+    source = tmp_path / "results" / "msdn-source"
+    before = files(source)
+    earlier = load_earlier_study(source, JOURNAL_FILE)
+    study(synthetic_root, "msdn-warm", 4, "--warm-start", str(source))
+    assert files(source) == before
+
+    trials = sorted(load_optuna_study(tmp_path / "results" / "msdn-warm" / JOURNAL_FILE, "msdn-warm").get_trials(),
+                    key=lambda t: t.number)
+    assert [t.params for t in trials[:3]] == [t.params for t in earlier.ranked()]  # the earlier best, in order
+    assert [t.user_attrs.get(WARM_START_ATTR) for t in trials] == [str(source.resolve())] * 3 + [None]
+    assert trials[3].params == SPACE.initial_points("synthetic")[0]  # then the authors' configuration
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("msdn-warm")
+    runs = [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get(STUDY_TAG) == "trial"]
+    tagged = sorted(r.data.params["lr"] for r in runs if r.data.tags.get(WARM_START_ATTR) == str(source.resolve()))
+    assert len(runs) == 4 and tagged == sorted(str(t.params["lr"]) for t in trials[:3])
