@@ -61,9 +61,12 @@ SOURCE_SEED_OFFSET = 1000  # the study seed of tpe+asha-warm's source study: SOU
 # The references, each with the share of its budget within which the default method should reach its final best,
 # and the figure judged: on the median curves (the first round's target), or per seed, the median over seeds.
 TARGETS = {"random": (0.40, "median_curves"), "random+asha": (0.60, "per_seed_median")}
-# tpe+asha:KEY=VALUE[:KEY=VALUE...]: the study's TPE with one setting changed (msdn.study.searcher.TpeSettings).
+# tpe+asha:KEY=VALUE[:KEY=VALUE...]: the study's TPE with settings changed (msdn.study.searcher.TpeSettings), and
+# seed=K: the sampler's seed is K + the study seed, so that its random start-up differs from random search's
+# (unpaired: with the same seed, the first configurations are the same).
 VARIANT_KEYS = {"startup": ("min_startup", int), "share": ("startup_share", float), "ei": ("n_ei_candidates", int),
-                "mv": ("multivariate", lambda v: bool(int(v))), "liar": ("constant_liar", lambda v: bool(int(v)))}
+                "mv": ("multivariate", lambda v: bool(int(v))), "liar": ("constant_liar", lambda v: bool(int(v))),
+                "seed": ("seed_offset", int)}
 # alpha and gamma as the search space files searched them before the settings grid (uniform, per dataset).
 OLD_RANGES = {"synthetic": {"alpha": (0.6, 1.0), "gamma": (0.0, 3.0)},
               "cub": {"alpha": (0.5, 1.0), "gamma": (0.0, 4.0)},
@@ -128,6 +131,7 @@ def method_sampler(method: str, seed: int, num_samples: int):
     from msdn.study.searcher import TPE
 
     base, changes = method_parts(method)
+    seed += changes.pop("seed_offset", 0)
     if base.startswith("random"):
         return optuna.samplers.RandomSampler(seed=seed)
     if base in ("tpe10+asha", "tpe+asha-ray"):
@@ -312,8 +316,14 @@ def shares(runs: list[dict[str, Any]], mine: list[dict[str, Any]], median: np.nd
     curves = np.array([r["curve"] for r in runs if r["method"] == reference])
     final = {r["seed"]: r["curve"][-1] for r in runs if r["method"] == reference}
     per_seed = [share_to_reach(r["curve"], final[r["seed"]]) for r in mine if r["seed"] in final]
+    # Every study of `mine` against every other study of the reference: no pairing by seed (for the reference
+    # itself: how a search exactly as good as it fares against its other seeds).
+    pairs = [share_to_reach(r["curve"], final[seed]) for r in mine for seed in final
+             if not (r["method"] == reference and r["seed"] == seed)]
     return {"median_curves": share_to_reach(median.tolist(), float(np.median(curves, axis=0)[-1])) if final else None,
-            "per_seed_median": float(np.median(per_seed)) if per_seed else None, "per_seed": per_seed}
+            "per_seed_median": float(np.median(per_seed)) if per_seed else None, "per_seed": per_seed,
+            "all_pairs_median": float(np.median(pairs)) if pairs else None,
+            "all_pairs_reached": float(np.mean([x <= 1 for x in pairs])) if pairs else None}
 
 
 def analyse(runs: list[dict[str, Any]], budget: int) -> dict[str, Any]:
