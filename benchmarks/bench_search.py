@@ -61,6 +61,7 @@ SOURCE_SEED_OFFSET = 1000  # the study seed of tpe+asha-warm's source study: SOU
 # The references, each with the share of its budget within which the default method should reach its final best,
 # and the figure judged: on the median curves (the first round's target), or per seed, the median over seeds.
 TARGETS = {"random": (0.40, "median_curves"), "random+asha": (0.60, "per_seed_median")}
+REFERENCE_NAMES = {"random": "random search", "random+asha": "random+asha"}
 # tpe+asha:KEY=VALUE[:KEY=VALUE...]: the study's TPE with settings changed (msdn.study.searcher.TpeSettings), and
 # seed=K: the sampler's seed is K + the study seed, so that its random start-up differs from random search's
 # (unpaired: with the same seed, the first configurations are the same).
@@ -395,7 +396,7 @@ def report_lines(figures: dict[str, Any], command: str) -> list[str]:
         shown = {"median_curves": f"{_share(share['median_curves'])} on the median curves",
                  "per_seed_median": f"{_share(share['per_seed_median'])} per seed against the same seed's {ref}, "
                                     f"median over seeds"}
-        lines += ["", f"{DEFAULT_METHOD} reaches {ref}'s final best validation H "
+        lines += ["", f"{DEFAULT_METHOD} reaches {REFERENCE_NAMES[ref]}'s final best validation H "
                   f"({_pct(figures['final_best_median'][ref])}, median over seeds) after {shown[judged]} "
                   f"({shown[next(k for k in shown if k != judged)]}): "
                   f"{'meets' if share[judged] <= target else 'misses'} the target of <= {target:.0%}"]

@@ -46,12 +46,16 @@ MIN_TRIALS_FOR_IMPORTANCE = 4
 
 @dataclass(frozen=True)
 class TpeSettings:
-    """The study's TPE sampler. Optuna's default start-up of 10 random trials is most of a 12-40-trial study
-    (then TPE adds nothing: benchmarks/README.md, bench_search); here it is a share of the study's trials
-    with a floor, so that TPE has a few finished trials to fit and then guides the rest."""
+    """The study's TPE sampler (measured: benchmarks/README.md, bench_search). Optuna's fixed start-up of 10
+    random trials is most of a 12-trial study; here it scales with the study's trials, with a floor. No
+    `group`: every trial has every searched parameter, so the decomposition would find one group."""
 
-    startup_share: float = 0.1  # of the study's trials (--num-samples), rounded up
-    min_startup: int = 4  # TPE's density estimates need a few finished (COMPLETE or PRUNED) trials
+    # A quarter of the study's trials (--num-samples), rounded up: 10 of a 40-trial study, the count of 4, 8 and
+    # 10 that reached random+asha's final best soonest (bench_search, 10 seeds). At least 4, since TPE's density
+    # estimates need a few finished (COMPLETE or PRUNED) trials: a 12-trial study gets 4 random trials and 8
+    # guided ones, where Optuna's default of 10 would leave TPE 2.
+    startup_share: float = 0.25
+    min_startup: int = 4
     n_ei_candidates: int = 24  # Optuna's default
     multivariate: bool = True  # joint density over the parameters (Optuna 5's default for one objective)
     constant_liar: bool = True  # running trials count as bad, so trials running at once differ
