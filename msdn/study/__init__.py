@@ -6,6 +6,8 @@
     cluster.py       Ray: connecting, trial resources, per-node storage and data checks
     trainable.py     one trial: a Trainer driven epoch by epoch, reporting to Tune
     runner.py        run_study: the study from start to end (build_tuner, fit, refit, report)
+    searcher.py      the Optuna side: StudySearcher (TPE settings, PRUNED trials), its journal, reading it back
+    warm_start.py    --warm-start: an earlier study's trials as evidence, or its best configurations first
     refit.py         the refits: tuned and authors' configuration, N seeds, on trainval, tested once; best_config.yaml
     stats.py         mean, sd, t intervals (paired by seed) of the refits' test figures
     results.py       TrialSummary, RefitResult, Refits, StudyResult; the trial-state rule; the best trial

@@ -145,7 +145,7 @@ class StudySearcher(OptunaSearch):
             self._ot_study.set_user_attr(FACTS_ATTR, facts)
         if self._earlier is not None:
             self.warm_started = seed_study(self._ot_study, self._earlier, facts, self._space)
-            logger.info(self.warm_started.describe())
+            logger.warning(self.warm_started.describe())  # WARNING: the level that reaches the study's log file
         known = [t.params for t in self._ot_study.get_trials(deepcopy=False)]
         for point in self._starting_points:
             if not any(point.items() <= params.items() for params in known):
