@@ -171,3 +171,18 @@ def test_importances_reach_the_parent_run_as_metrics_and_a_plot(tmp_path):
     assert {key for key, _ in logged} == {f"importance.{name}" for name in SPACE.param_names}
     assert said[0].startswith("parameter importances (fANOVA, COMPLETE trials): ")
     assert _importances(opts, SPACE, outcome("none"), parent, tmp_path, said.append) == [] and "not computed" in said[-1]
+
+
+def test_tpe_start_up_scales_with_the_study_size():
+    """The study's sampler (runner.build_tuner passes --num-samples): a quarter of the trials random, at least 4."""
+    from msdn.study.searcher import TPE
+
+    assert [TPE.startup_trials(n) for n in (1, 12, 16, 17, 40, 100)] == [4, 4, 4, 5, 10, 25]
+    s = StudySearcher(starting_points=[], seed=3, max_epochs=MAX_EPOCHS, num_samples=40)
+    assert isinstance(s._sampler, optuna.samplers.TPESampler) and s._sampler._n_startup_trials == 10
+    assert s._sampler._multivariate and s._sampler._constant_liar and s._seed is None  # the seed went to the sampler
+    first = [StudySearcher(starting_points=[], seed=3, max_epochs=MAX_EPOCHS, num_samples=12) for _ in range(2)]
+    for one in first:
+        one.set_search_properties(SPACE.metric, SPACE.mode, SPACE.tune_param_space())
+    assert first[0].suggest("a") == first[1].suggest("a")  # seeded
+    assert StudySearcher(max_epochs=MAX_EPOCHS, seed=3)._sampler is None  # without num_samples: OptunaSearch's own

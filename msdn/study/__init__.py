@@ -12,6 +12,8 @@
     conclude.py      the end of a study after Tuner.fit, however it ends: the outcome, refits, report, MLflow
     outcome.py       StudyOutcome: how a study ended and what it found, which the console, MLflow and files render
     ray_private.py   every use of a private Ray/Tune name, each with why and the Ray it was checked against
+    searcher.py      the Optuna side: StudySearcher (TPE settings, PRUNED trials), its journal, reading it back
+    warm_start.py    --warm-start: an earlier study's trials as evidence, or its best configurations first
     refit.py         the refits: tuned and authors' configuration, N seeds, on trainval, tested once; best_config.yaml
     stats.py         mean, sd, t intervals (paired by seed) of the refits' test figures
     results.py       TrialRecord, TrialSummary, RefitResult, Refits; the trial-state rule (TrialEnds); the best trial

@@ -35,6 +35,7 @@ SEARCH_SPACES = Path(__file__).resolve().parents[2] / "search_spaces"
 NAME_BYTES = 200  # longest --experiment: a folder name (at most 255 bytes) with room for "<name>.study.log"
 LOCK_NAME = "study.lock"  # in the study's folder: held while a process runs the study (msdn.study.lock)
 URI_LOCKS = Path.home() / ".cache" / "msdn-tune" / "locks"  # this machine's locks of studies on object storage
+JOURNAL_FILE = "optuna_study.journal"  # the study's Optuna journal, in its folder (experiment_path)
 
 
 class StudyError(RuntimeError):
@@ -122,6 +123,9 @@ class StudyRequest:
     seed: int = option(0, "study", "study seed (per-trial seeds derive from it)", metavar="N", low=0,
                        kept="the trials' and the refits' seeds derive from it")
     resume: bool = option(False, "study", "continue the study with this --experiment and --storage-path")
+    warm_start: Path | None = option(None, "study", "an earlier study's result folder (<storage-path>/<experiment>): "
+                                     "for the same benchmark and search space its trials enter as evidence, else its "
+                                     "best configurations are tried first", metavar="PATH", unset="a cold start")
     experiment: str | None = option(None, "study", "study name = MLflow experiment and the study's folder under "
                                     "--storage-path", metavar="NAME", unset="msdn-<dataset>-<protocol>",
                                     check=name_problem)
@@ -336,6 +340,13 @@ def resolve_options(opts: StudyRequest) -> tuple[StudyOptions, SearchSpace]:
     else:
         check_local_storage(resolved.storage_path)
     check_storage(resolved)
+    if resolved.warm_start is not None and not resolved.resume:  # a resumed study holds its warm start already
+        from msdn.study.warm_start import WarmStartError, load_earlier_study
+
+        try:
+            load_earlier_study(resolved.warm_start, JOURNAL_FILE)
+        except WarmStartError as exc:  # no folder, no journal, not a readable one
+            raise StudyError(str(exc)) from None
     return resolved, space
 
 

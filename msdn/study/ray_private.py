@@ -108,6 +108,11 @@ def optuna_trials(searcher) -> dict[str, Any]:
     return searcher._ot_trials
 
 
+def optuna_space(searcher) -> dict[str, Any]:
+    """The search space as an OptunaSearch converted it: parameter name -> Optuna distribution."""
+    return searcher._space
+
+
 def completed_trial_ids(searcher) -> set[str]:
     """The Tune trial ids an OptunaSearch has been told are complete (a set it keeps; add to it as it does)."""
     return searcher._completed_trials

@@ -36,6 +36,7 @@ from msdn.study.searcher import StudySearcher, check_journal, journal_path
 from msdn.study.started import StartRecord, check_resume, write_record
 from msdn.study.tracking.parent import ParentRun, trial_tags
 from msdn.study.trainable import DataSpec, train_msdn
+from msdn.study.warm_start import study_facts
 
 # Columns of Tune's progress table while trials run: result key -> header.
 PROGRESS_COLUMNS = {"training_iteration": "epochs", "S": "S", "U": "U", "H": "H", "H_grid": "H@grid", "loss": "loss"}
@@ -81,7 +82,8 @@ def build_tuner(opts: StudyOptions, space: SearchSpace, resources: dict[str, flo
     # The Optuna study in a journal next to Tune's results, named after the experiment (optuna-dashboard opens it).
     searcher = StudySearcher(starting_points=space.initial_points(opts.dataset), seed=space.sampler_seed,
                              max_epochs=opts.max_epochs, journal=journal_path(experiment_path(opts)),
-                             study_name=opts.experiment)
+                             study_name=opts.experiment, num_samples=opts.num_samples, warm_start=opts.warm_start,
+                             facts=study_facts(opts.dataset, opts.data_root, space, opts.max_epochs))
     scheduler = ASHAScheduler(time_attr="training_iteration", max_t=opts.max_epochs,
                               grace_period=space.asha.grace_period, reduction_factor=space.asha.reduction_factor)
     return tune.Tuner(

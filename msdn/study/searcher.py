@@ -15,6 +15,10 @@
   survives a kill, works on shared filesystems), named after the experiment, so `optuna-dashboard` opens
   it and `--resume` continues it, pruned trials included.
 
+Its sampler is TPE with settings chosen by measurement (`TpeSettings`, benchmarks/README.md): a start-up
+of random trials scaled to the study's number of trials, multivariate, a constant liar for trials that run
+at once.
+
     optuna-dashboard results/msdn-synthetic-val/optuna_study.journal
 """
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +37,45 @@ from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 from msdn.study import ray_private
-from msdn.study.options import StudyError
+from msdn.study.options import JOURNAL_FILE, StudyError
+from msdn.study.warm_start import FACTS_ATTR, WARM_START_ATTR, load_earlier_study, mark_trial, seed_study, with_params
 
 logger = logging.getLogger(__name__)
 
-JOURNAL_FILE = "optuna_study.journal"
 # Importances are fitted on COMPLETE trials only; with fewer than this they are noise.
 MIN_TRIALS_FOR_IMPORTANCE = 4
+
+
+@dataclass(frozen=True)
+class TpeSettings:
+    """The study's TPE sampler (measured: benchmarks/README.md, bench_search). Optuna's fixed start-up of 10
+    random trials is most of a 12-trial study; here it scales with the study's trials, with a floor. No
+    `group`: every trial has every searched parameter, so the decomposition would find one group."""
+
+    # A quarter of the study's trials (--num-samples), rounded up: 10 of a 40-trial study, the count of 4, 8 and
+    # 10 that reached random+asha's final best soonest (bench_search, 10 seeds). At least 4, since TPE's density
+    # estimates need a few finished (COMPLETE or PRUNED) trials: a 12-trial study gets 4 random trials and 8
+    # guided ones, where Optuna's default of 10 would leave TPE 2.
+    startup_share: float = 0.25
+    min_startup: int = 4
+    n_ei_candidates: int = 24  # Optuna's default
+    multivariate: bool = True  # joint density over the parameters (Optuna 5's default for one objective)
+    constant_liar: bool = True  # running trials count as bad, so trials running at once differ
+
+    def startup_trials(self, num_samples: int) -> int:
+        return max(self.min_startup, math.ceil(self.startup_share * num_samples))
+
+    def sampler(self, seed: int | None, num_samples: int) -> optuna.samplers.TPESampler:
+        import warnings
+
+        with warnings.catch_warnings():  # group/multivariate were experimental once; nothing to act on
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(n_startup_trials=self.startup_trials(num_samples),
+                                              n_ei_candidates=self.n_ei_candidates, multivariate=self.multivariate,
+                                              constant_liar=self.constant_liar, seed=seed)
+
+
+TPE = TpeSettings()
 
 
 def journal_path(experiment_path: str) -> Path | None:
@@ -103,7 +140,18 @@ class StudySearcher(OptunaSearch):
     """OptunaSearch with partial starting points, PRUNED trials for ASHA's stops, and a persisted study."""
 
     def __init__(self, *, starting_points: list[dict[str, Any]] | None = None, max_epochs: int | None = None,
-                 journal: Path | None = None, resume: bool = False, **kwargs: Any) -> None:
+                 journal: Path | None = None, resume: bool = False, num_samples: int | None = None,
+                 facts: dict[str, Any] | None = None, warm_start: str | Path | None = None, **kwargs: Any) -> None:
+        """`num_samples`: the study's trials; given (and no `sampler`), the sampler is TPE with the study's
+        settings (`TPE`) and `seed`; otherwise OptunaSearch's own default sampler, or `sampler`.
+        `facts`: what the study's values depend on (`warm_start.study_facts`), recorded in a new study for later
+        warm starts; `warm_start`: an earlier study's result folder whose trials seed a new study."""
+        if num_samples is not None and kwargs.get("sampler") is None:
+            kwargs["sampler"] = TPE.sampler(kwargs.pop("seed", None), num_samples)
+        self._facts = facts
+        # Read now, in the driver: the searcher is pickled with the Tuner, so a resume needs no earlier folder.
+        self._earlier = load_earlier_study(warm_start, JOURNAL_FILE) if warm_start is not None else None
+        self.warm_started = None  # what the warm start put into the study (warm_start.WarmStart)
         self._starting_points = [dict(point) for point in starting_points or []]
         self._max_epochs = max_epochs  # a trial that stops before it was stopped early (ASHA)
         self._journal = journal
@@ -120,10 +168,36 @@ class StudySearcher(OptunaSearch):
         # Tune sets up a resumed searcher again before restoring its state: a journal study that has trials
         # already holds the starting points, and enqueuing them again would run them twice.
         if not study.get_trials(deepcopy=False):
-            for point in self._starting_points:
-                study.enqueue_trial(point)
-        self._starting_points = []  # enqueued once: the Optuna study (saved with the searcher) keeps them
+            self._seed_new_study(study)
+        self._starting_points, self._earlier = [], None  # once: the Optuna study (saved with the searcher) keeps them
         return True
+
+    def _seed_new_study(self, study) -> None:
+        """A new study: its facts, the earlier study's trials (warm start), then the starting points (those the
+        earlier study's evidence already holds are not run again)."""
+        space = ray_private.optuna_space(self)
+        facts = with_params(self._facts or {}, space if isinstance(space, dict) else {})
+        if self._facts is not None:
+            study.set_user_attr(FACTS_ATTR, facts)
+        if self._earlier is not None:
+            self.warm_started = seed_study(study, self._earlier, facts, space)
+            logger.warning(self.warm_started.describe())  # WARNING: the level that reaches the study's log file
+        known = [t.params for t in study.get_trials(deepcopy=False)]
+        for point in self._starting_points:
+            if not any(point.items() <= params.items() for params in known):
+                study.enqueue_trial(point)
+
+    def suggest(self, trial_id: str) -> dict | None:
+        config = super().suggest(trial_id)
+        self._mark(trial_id)
+        return config
+
+    def _mark(self, trial_id: str) -> None:
+        """A trial enqueued from an earlier study: its MLflow run gets the tag (`warm_start.trial_tags`)."""
+        ot_trial = ray_private.optuna_trials(self).get(trial_id)
+        source = ot_trial.user_attrs.get(WARM_START_ATTR) if ot_trial is not None else None
+        if source:
+            mark_trial(trial_id, source)
 
     # -- what Tune tells the searcher --------------------------------------------------------------------
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -176,7 +250,10 @@ class StudySearcher(OptunaSearch):
         """Tune's saved searcher state, then the journal: trials asked for after that state was saved (the
         study was killed before Tune could record them) stay RUNNING in the journal, and are marked FAIL."""
         super().restore(checkpoint_path)
-        known = {ot_trial._trial_id for ot_trial in ray_private.optuna_trials(self).values()}
+        trials = ray_private.optuna_trials(self)
+        for trial_id in trials:
+            self._mark(trial_id)  # a trial asked for before the stop may get its MLflow run only now
+        known = {ot_trial._trial_id for ot_trial in trials.values()}
         study = ray_private.optuna_study(self)
         storage = study._storage
         for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):

@@ -20,6 +20,7 @@ from ray.tune import Callback
 from msdn.study.results import INTERRUPTED, RETRYING, RUNNING, TrialEnds, TrialRecord, trial_state
 from msdn.study.tracking.names import trial_run_name_of
 from msdn.study.tracking.store import PARENT_TAG, TRIAL_ID_TAG, TRIAL_STATE_TAG, log_metrics
+from msdn.study.warm_start import trial_tags
 
 # Result keys that are Tune bookkeeping or settings, not metrics of the model.
 SKIPPED_RESULT_KEYS = {
@@ -91,7 +92,7 @@ class MLflowStudyCallback(Callback):
 
         run = c.create_run(self.experiment_id, run_name=name,
                            tags={PARENT_TAG: self.parent_run_id, TRIAL_ID_TAG: trial_id, TRIAL_STATE_TAG: RUNNING,
-                                 **self.tags})
+                                 **self.tags, **trial_tags(trial_id)})
         run_id = run.info.run_id
         self._runs[trial_id] = run_id
         self._last_step[run_id] = 0
