@@ -40,6 +40,8 @@ def test_one_request_per_benchmark_and_the_flags_that_name_one_study_are_refused
         with pytest.raises(StudyError, match=f"--{flag.replace('_', '-')} names one study's files"):
             study_requests(dataclasses.replace(base, **{flag: value}), ["synthetic", "cub"])
     assert study_requests(dataclasses.replace(base, experiment="mine"), ["cub"])[0].experiment == "mine"
+    with pytest.raises(StudyError, match="--transfer warm-starts each study from the one before"):
+        study_requests(dataclasses.replace(base, transfer=True), ["cub"])
 
 
 @pytest.fixture
@@ -64,7 +66,7 @@ def parent_runs(db: Path, experiment: str) -> list:
 @pytest.mark.slow
 def test_two_benchmarks_in_one_run_resume_after_ctrl_c_in_the_second(tmp_path, two_benchmarks):
     common = ["--data-root", str(two_benchmarks), "--num-samples", "3", "--max-epochs", "5", "--max-concurrent", "1",
-              "--refit-seeds", "1", "--no-baseline"]
+              "--refit-seeds", "1", "--no-baseline", "--transfer"]
     results = tmp_path / "results"
 
     # bad input for the second benchmark: refused before the first one starts
@@ -106,6 +108,11 @@ def test_two_benchmarks_in_one_run_resume_after_ctrl_c_in_the_second(tmp_path, t
         assert run.info.status == "FINISHED" and "test_H" in run.data.metrics
     logged = {a.path for a in MlflowClient(f"sqlite:///{db}").list_artifacts(run.info.run_id, "paper_table")}
     assert logged == {f"paper_table/table-synthetic-cub.{fmt}" for fmt in ("md", "tex", "csv", "png")}
+    # --transfer: the second study's search began with the first study's best configurations, marked as such
+    from msdn.study.searcher import load_optuna_study
+
+    cub = load_optuna_study(results / "msdn-cub-val" / "optuna_study.journal", "msdn-cub-val")
+    assert cub.trials[0].user_attrs["warm_start_from"] == str(results / "msdn-synthetic-val")
     tables = {fmt: (results / f"table-synthetic-cub.{fmt}").read_text() for fmt in ("md", "tex", "csv")}
     assert "| SYNTHETIC | tuned (1 seed)" in tables["md"] and "| CUB | tuned (1 seed)" in tables["md"]
     assert "| CUB | published (selected on test) | 67.5 | 68.7 | 68.1 | 76.1" in tables["md"]

@@ -11,6 +11,8 @@ refits and result folder. The run differs in three ways:
   exists without --resume), and every study's lock is taken for the whole run;
 - the slots stay busy across the boundaries: once a study's trials end, its refits (Ray tasks) and the rest
   of its end run in a thread while the next study's trials start; Ray shares the cluster between them;
+- with `--transfer`, each study's Optuna search is warm-started from the study before it (its best
+  configurations first: values are not comparable across benchmarks; msdn.study.warm_start);
 - at the end, `msdn.report`'s table of the finished studies (md, tex, csv and the H figure) is written
   beside them, <storage>/table-<datasets>.{md,tex,csv,png}, and logged on each study's parent run.
 
@@ -157,8 +159,11 @@ def _run_all(requests: Sequence[StudyRequest], stop: StopRequests, progress: Pro
                 if stop.requested:
                     break
                 show(f"\n==== study {k + 1} of {len(planned)}: {item.opts.experiment} ====")
+                opts = item.opts
+                if opts.transfer and k > 0 and not opts.resume:  # the study before has ended its trials by now
+                    opts = dataclasses.replace(opts, warm_start=Path(experiment_path(planned[k - 1].opts)))
                 try:
-                    study = prepare_study(item.opts, item.space, item.started, stop, progress, log, live)
+                    study = prepare_study(opts, item.space, item.started, stop, progress, log, live)
                 except KeyboardInterrupt:
                     break  # a stop before this study began: it is started by --resume
                 try:

@@ -126,6 +126,7 @@ class StudyRequest:
     warm_start: Path | None = option(None, "study", "an earlier study's result folder (<storage-path>/<experiment>): "
                                      "for the same benchmark and search space its trials enter as evidence, else its "
                                      "best configurations are tried first", metavar="PATH", unset="a cold start")
+    transfer: bool = option(False, "study", "with several --dataset values: warm-start each study from the one before")
     experiment: str | None = option(None, "study", "study name = MLflow experiment and the study's folder under "
                                     "--storage-path", metavar="NAME", unset="msdn-<dataset>-<protocol>",
                                     check=name_problem)
@@ -281,6 +282,8 @@ def study_requests(request: StudyRequest, datasets: Sequence[str]) -> list[Study
                 raise StudyError(f"{flag} names one study's files, but --dataset gives {len(datasets)} benchmarks; "
                                  f"leave {flag} out: each study then takes its own (msdn-<dataset>-<protocol>, "
                                  "search_spaces/<dataset>.yaml)")
+    if request.transfer and len(datasets) < 2:
+        raise StudyError("--transfer warm-starts each study from the one before; expected several --dataset values")
     return [replace(request, dataset=d) for d in datasets]
 
 
