@@ -61,7 +61,7 @@ class Study:
     """A study's driver after Ray is up: its parent run, its callbacks, and a stop request to make."""
 
     def __init__(self, tmp_path: Path, uri: str, synthetic_root: Path, records: list[TrialRecord], **options) -> None:
-        args = dict(dataset="synthetic", search_space=DATA / "space.yaml", num_samples=10, max_epochs=4, seed=3,
+        args = dict(dataset="synthetic", search_space=DATA / "space.yaml", num_samples=10, max_epochs=4, seed=5,
                     refit_seeds=2, storage_path=str(tmp_path / "results"), mlflow_uri=uri,
                     data_root=str(synthetic_root), experiment=EXPERIMENT, tracking_timeout=60.0)
         self.opts, self.space = resolve_options(StudyRequest(**{**args, **options}))

@@ -26,7 +26,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
-SEED = "3"  # the study seed: one whose recording has MIN_COMPLETE trials completed
+SEED = "5"  # the study seed: one whose recording has MIN_COMPLETE trials completed
 # One trial at a time: ASHA then decides from the trials' results alone (not from which finished first), so a
 # re-recording gives the same states; the tests need at least MIN_COMPLETE trials run to the end (importances).
 COMPLETED = ["--num-samples", "10", "--max-epochs", "4", "--seed", SEED, "--refit-seeds", "2", "--max-concurrent", "1",
@@ -83,8 +83,10 @@ def main() -> None:
         shutil.copyfile(completed / "optuna_study.journal", HERE / "optuna_study.journal")
         complete = sum(not r["error"] and max((x["training_iteration"] for x in r["results"]), default=0) >= 4
                        for r in records(completed))
-        if complete < MIN_COMPLETE:
-            sys.exit(f"only {complete} trials completed; the tests need {MIN_COMPLETE}: change --seed in COMPLETED")
+        errored = sum(bool(r["error"]) for r in records(completed))
+        if complete < MIN_COMPLETE or errored:
+            sys.exit(f"{complete} trials completed, {errored} errored; the tests need {MIN_COMPLETE} and none: change "
+                     "SEED")
         failed = study(workdir, workdir / "data", FAILED, expect=1)
         (HERE / "failed.json").write_text(json.dumps({"args": FAILED[:-4], "records": records(failed)}, indent=1)
                                           + "\n")
