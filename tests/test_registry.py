@@ -102,11 +102,9 @@ def test_each_refit_logs_its_model_on_its_run_and_the_first_seeds_are_registered
     assert tags["trial_run"] == outcome.best_run_name and tags["seed"] == str(outcome.refits.tuned[0].seed)
     assert (float(tags["alpha"]), float(tags["gamma"])) == (best.params["alpha"], best.params["gamma"])
     assert "trial_id" not in versions["authors"].tags and versions["authors"].tags["refit.config"] == BASELINE
-    assert [line for line in study.console if line.startswith("MLflow: registered")] == [
-        f"MLflow: registered refit {outcome.refits.tuned[0].name} as {NAME} version 1, alias best: "
-        f"mlflow.pyfunc.load_model(\"models:/{NAME}@best\")",
-        f"MLflow: registered refit {outcome.refits.baseline[0].name} as {NAME} version 2, alias authors: "
-        f"mlflow.pyfunc.load_model(\"models:/{NAME}@authors\")"]
+    assert [line for line in study.console if line.startswith("MLflow: refit ")] == [
+        f"MLflow: refit {outcome.refits.tuned[0].name} registered as models:/{NAME}@best (version 1)",
+        f"MLflow: refit {outcome.refits.baseline[0].name} registered as models:/{NAME}@authors (version 2)"]
 
 
 PREDICT = """
@@ -291,8 +289,7 @@ def test_registration_cut_off_by_a_lost_server_is_retried_until_it_is_back(tmp_p
         server.stop()
     assert [v.version for v in versions] == ["1"] and alias.version == "1" and alias.run_id == run_id
     assert lines[0].startswith(f"MLflow store {server.uri} is not answering (")
-    assert lines[1] == f"MLflow: registered refit {refit.name} as {NAME} version 1, alias best: " \
-                       f"mlflow.pyfunc.load_model(\"models:/{NAME}@best\")"
+    assert lines[1] == f"MLflow: refit {refit.name} registered as models:/{NAME}@best (version 1)"
     assert lines[2].startswith(f"MLflow store {server.uri} is back after ") and len(lines) == 3
 
 

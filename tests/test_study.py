@@ -137,7 +137,8 @@ def check_mlflow_as_users_use_it(workdir: Path, data_root: Path, client, parent,
     from test_registry import predict_test_split
 
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
-    (refit,) = [r for r in client.search_runs([parent.info.experiment_id]) if r.data.tags.get("msdn.study") == "refit"]
+    (refit,) = [r for r in client.search_runs([parent.info.experiment_id])
+                if r.data.tags.get("msdn.study") == "refit" and r.data.tags["refit.config"] == "tuned"]
     version = client.get_model_version_by_alias("msdn-synthetic", "best")
     assert version.run_id == refit.info.run_id and version.tags["study_run_id"] == parent.info.run_id
     assert version.tags["trial_id"] == parent.data.tags["best_trial_id"]

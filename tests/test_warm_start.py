@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 from msdn.study.options import JOURNAL_FILE, StudyError, StudyRequest, resolve_options
 from msdn.study.search_space import load_search_space
 from msdn.study.searcher import StudySearcher, load_optuna_study
-from msdn.study.warm_start import (BEST_POINTS, WARM_START_ATTR, WarmStartError, clipped, comparable,
+from msdn.study.warm_start import (BEST_POINTS, WARM_START_ATTR, WarmStartError, clipped, comparable, within,
                                    load_earlier_study, study_facts, trial_tags)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -138,6 +138,20 @@ def test_a_point_is_clipped_to_the_new_ranges():
                                                                                            "batch_size": 64}
     assert clipped({"lr": 1e-5, "batch_size": 21, "momentum": 0.9}, space) == {"lr": 1e-4, "batch_size": 24,
                                                                                "momentum": 0.9}
+
+
+def test_a_point_is_within_the_new_ranges_only_on_their_steps_and_choices():
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    space = {"lr": FloatDistribution(1e-5, 1e-3, log=True), "batch": IntDistribution(32, 128, step=32),
+             "m": FloatDistribution(0.0, 1.0, step=0.25), "opt": CategoricalDistribution(["sgd", "adam"])}
+    inside = {"lr": 1e-4, "batch": 64, "m": 0.75, "opt": "adam"}
+    assert within(inside, space)
+    for name, value in [("lr", 2e-3), ("batch", 48), ("batch", 64.5), ("m", 0.3), ("opt", "rmsprop"),
+                        ("lr", float("nan")), ("lr", "1e-4"), ("batch", True)]:
+        assert not within({**inside, name: value}, space), (name, value)
+    assert not within({k: v for k, v in inside.items() if k != "m"}, space)  # a searched parameter missing
+    assert not within({**inside, "extra": 1}, space)  # one the new space does not search
 
 
 def test_not_a_study_folder_is_refused_naming_the_flag(tmp_path, synthetic_root):

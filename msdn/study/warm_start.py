@@ -151,10 +151,22 @@ def within(params: dict[str, Any], distributions: dict[str, BaseDistribution]) -
     """Whether `params` name exactly the searched parameters, each inside its (new) distribution."""
     if set(params) != set(distributions):
         return False
-    try:
-        return all(d._contains(d.to_internal_repr(params[name])) for name, d in distributions.items())
-    except (ValueError, TypeError):  # a value of another kind (a choice the new list lacks, text for a number)
+    return all(inside(params[name], d) for name, d in distributions.items())
+
+
+def inside(value: Any, d: BaseDistribution) -> bool:
+    """Whether `value` is one `d` can sample (a choice in its list; a number in its range, on its step)."""
+    if isinstance(d, CategoricalDistribution):
+        return any(type(value) is type(choice) and value == choice for choice in d.choices)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return False
+    if not d.low <= value <= d.high:
+        return False
+    step = getattr(d, "step", None)
+    if step is None:
+        return not isinstance(d, optuna.distributions.IntDistribution) or float(value).is_integer()
+    steps = (value - d.low) / step
+    return math.isclose(steps, round(steps), abs_tol=1e-8)
 
 
 def clipped(params: dict[str, Any], distributions: dict[str, BaseDistribution]) -> dict[str, Any]:

@@ -191,8 +191,8 @@ def register_refits(c, choices: list[tuple[str, RefitResult, str, dict[str, str]
             say(f"MLflow: the tracking store {store} has no Model Registry ({reason}); the refits' models are logged "
                 "on their runs (Logged models), not registered")
             return versions
-        say(f"MLflow: registered refit {refit.name} as {name} version {versions[alias]}, alias {alias}: "
-            f"mlflow.pyfunc.load_model(\"models:/{name}@{alias}\")")
+        # the URI is what mlflow.pyfunc.load_model and `evaluate --model` take; kept under 120 columns
+        say(f"MLflow: refit {refit.name} registered as models:/{name}@{alias} (version {versions[alias]})")
     return versions
 
 
