@@ -180,6 +180,7 @@ DATA_CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(DATA_CASES))
+@pytest.mark.slow  # a command run as a user (a subprocess), or seconds of work
 def test_broken_data_file(data, case, capsys):
     breaks, names, says = DATA_CASES[case]
     paths = benchmark_paths("cub", data["root"])
@@ -193,6 +194,7 @@ def test_broken_data_file(data, case, capsys):
     assert not (paths.cache_dir.is_dir() and list(paths.cache_dir.glob("*.npy")))  # stopped before the cache
 
 
+@pytest.mark.slow  # a command run as a user (a subprocess), or seconds of work
 def test_broken_data_file_as_a_user(data):
     p = benchmark_paths("cub", data["root"])
     truncate(p.hdf5)
@@ -202,6 +204,7 @@ def test_broken_data_file_as_a_user(data):
     assert_unchanged(before)
 
 
+@pytest.mark.slow  # a command run as a user (a subprocess), or seconds of work
 def test_evaluate_validates_the_data_under_the_same_policy(data):
     """The validation used to run outside msdn.evaluate's error handling (a traceback, exit 1)."""
     p = benchmark_paths("cub", data["root"])
@@ -213,6 +216,7 @@ def test_evaluate_validates_the_data_under_the_same_policy(data):
     assert_unchanged(before)
 
 
+@pytest.mark.slow  # a command run as a user (a subprocess), or seconds of work
 def test_data_root_that_is_a_file(data, capsys):
     not_a_folder = data["dir"] / "data.hdf5"
     not_a_folder.write_text("x")
@@ -271,6 +275,7 @@ def test_config_file_missing_or_a_folder(data, capsys):
         assert_refused(code, err, f"config file {path}", says)
 
 
+@pytest.mark.slow  # a command run as a user (a subprocess), or seconds of work
 def test_non_finite_learning_rate_as_a_user(data):
     code, _, err = as_user("msdn.train", train_args(data["root"], "--lr", "inf"))
     assert_refused(code, err, "lr=inf (expected a finite number)")
@@ -282,6 +287,7 @@ def test_unavailable_device(data, capsys):
     assert_refused(code, err, "--device cuda: CUDA is not available on this machine")
 
 
+@pytest.mark.slow  # a command run as a user (a subprocess), or seconds of work
 def test_evaluate_flags_are_validated_before_any_work(data, capsys):
     argv = ["--dataset", "cub", "--data-root", data["root"], "--checkpoint", data["ckpt"], "--device", "cpu"]
     code, _, err = as_user("msdn.evaluate", [*argv, "--alpha", "5"])
@@ -349,6 +355,7 @@ def test_broken_checkpoint(data, case, command, capsys):
     assert not (ckpt.parent / PWNED).exists()
 
 
+@pytest.mark.slow  # a command run as a user (a subprocess), or seconds of work
 def test_malicious_checkpoint_as_a_user(data):
     ckpt = data["ckpt"]
     torch.save({"model": Evil(ckpt.parent)}, ckpt)
@@ -367,6 +374,7 @@ def test_malicious_checkpoint_as_a_user(data):
     ("a folder", "is a folder; expected a checkpoint file"),
     ("no such file", "no such file"),
 ])
+@pytest.mark.slow  # a command run as a user (a subprocess), or seconds of work
 def test_evaluate_refuses_a_checkpoint_that_does_not_fit(data, synthetic_ckpt, case, says, capsys):
     ckpt = {"other dataset": synthetic_ckpt, "other protocol": data["ckpt_val"], "a folder": data["dir"],
             "no such file": data["dir"] / "absent.pt"}.get(case, data["ckpt"])
@@ -400,6 +408,7 @@ def test_resume_refuses_a_checkpoint_of_another_run(data, synthetic_ckpt, case, 
     assert_unchanged(before)
 
 
+@pytest.mark.slow  # a command run as a user (a subprocess), or seconds of work
 def test_existing_checkpoint_is_never_overwritten_without_resume(data):
     before = snapshot(data["ckpt"])
     code, out, err = as_user("msdn.train", train_args(data["root"], "--checkpoint", data["ckpt"]))
@@ -531,6 +540,7 @@ def test_prepare_folders(tmp_path, capsys):
     assert a_file.read_text() == "x" and not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow  # a command run as a user (a subprocess), or seconds of work
 def test_prepare_out_is_a_file_as_a_user(tmp_path):
     out = tmp_path / "out"
     out.write_text("x")

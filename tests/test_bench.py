@@ -4,11 +4,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_step.py"
 COLUMNS = ["mode", "train img/s", "eval img/s", "peak train MiB", "peak eval MiB",
            "train GFLOP/s", "matmul GFLOP/s", "efficiency", "best-repeat eff"]
 
 
+@pytest.mark.slow  # a command run as a user (a subprocess), or seconds of work
 def test_quick_benchmark_prints_table():
     done = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--device", "cpu"],
                           capture_output=True, text=True, timeout=120)

@@ -39,6 +39,7 @@ def test_each_procedure_selects_on_its_own_split(bench):
     assert lines[0] == bench.HEADER and any(line.startswith("gap (a) - (b), paired by seed: +") for line in lines)
 
 
+@pytest.mark.slow  # a command run as a user (a subprocess), or seconds of work
 def test_quick_run_prints_the_table(synthetic_root, tmp_path):
     done = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--data-root", str(synthetic_root), "--json",
                            str(tmp_path / "gap.json")], capture_output=True, text=True, timeout=600, cwd=tmp_path)

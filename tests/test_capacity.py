@@ -94,6 +94,7 @@ def test_a_joined_cluster_with_unknown_node_types_waits_a_bounded_time(monkeypat
     assert refusal({"cpu": 64, "gpu": 0}, joined=True).startswith(f"{capacity.NODE_WAIT_ENV}=inf: expected a finite")
 
 
+@pytest.mark.slow  # a command run as a user (a subprocess), or seconds of work
 def test_a_node_that_joins_during_the_wait_ends_it(monkeypatch):
     joined_at = time.monotonic() + 1.5
     monkeypatch.setattr(capacity, "live_nodes", lambda: [NodeShape("node head", 2, 0)] + (
@@ -159,6 +160,7 @@ def test_address_of_something_that_is_not_a_ray_head(http_server):
     assert "cannot resolve the host name 'no-such-host.invalid'" in probe_refusal("no-such-host.invalid:6379")[0]
 
 
+@pytest.mark.slow  # a command run as a user (a subprocess), or seconds of work
 def test_dead_address_as_a_user(tmp_path, synthetic_root):
     address = f"127.0.0.1:{free_port()}"
     start = time.monotonic()

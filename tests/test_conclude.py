@@ -322,6 +322,7 @@ def test_a_study_whose_every_trial_failed_fails_with_the_first_error(tmp_path, m
     assert lines[3] == "- **Trials:** 2 (0 completed, 0 stopped_early, 2 errored, 0 interrupted)"
 
 
+@pytest.mark.slow  # a command run as a user (a subprocess), or seconds of work
 def test_a_hard_killed_study_resumed_makes_mlflow_agree_with_tunes_record(tmp_path, mlflow_uri, synthetic_root):
     """The first driver is killed (SIGKILL): its writer had sent only part of what happened, and one trial started
     after Tune's last snapshot. The resumed driver's end makes MLflow agree with Tune (`callback.reconcile`)."""

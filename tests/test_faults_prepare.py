@@ -76,6 +76,7 @@ def test_every_mode_pil_reads_becomes_rgb_as_torchvision_loads_it(tmp_path):
         assert tensor.shape == (3, 64, 64) and torch.equal(tensor, expected), (path.name, modes[path])
 
 
+@pytest.mark.slow  # a command run as a user (a subprocess), or seconds of work
 def test_odd_modes_and_odd_paths_prepare(tmp_path):
     d = make_dataset(tmp_path / ODD, "cub")
     odd_modes(images_of(d))
@@ -104,6 +105,7 @@ def test_an_unreadable_image_is_said_in_one_paragraph_naming_it(tmp_path, damage
     assert error.count(str(bad)) == 1 and "run the same command again" in error
 
 
+@pytest.mark.slow  # a command run as a user (a subprocess), or seconds of work
 def test_an_unreadable_image_is_named_even_from_a_loader_worker(tmp_path):
     d = make_dataset(tmp_path / ODD, "cub")
     bad = images_of(d)[4]
@@ -126,6 +128,7 @@ def test_an_unreadable_image_is_named_even_from_a_loader_worker(tmp_path):
     ("awa2", "/BS/xian/work/data/Animals_with_Attributes2/JPEGImages/../escaped.jpg"),
     ("sun", "/BS/Deep_Fragments/work/MSc/data/SUN/images/a/../../../../escaped.jpg"),
 ])
+@pytest.mark.slow  # a command run as a user (a subprocess), or seconds of work
 def test_a_listed_path_that_leaves_the_image_folder_is_refused(tmp_path, dataset, stored):
     d = make_dataset(tmp_path / ODD, dataset)
     res101 = d["xlsa17"] / "data" / prepare.DATASET_DIRS[dataset] / "res101.mat"
@@ -141,6 +144,7 @@ def test_a_listed_path_that_leaves_the_image_folder_is_refused(tmp_path, dataset
     assert not out.exists()
 
 
+@pytest.mark.slow  # a command run as a user (a subprocess), or seconds of work
 def test_a_missing_listed_image_under_odd_paths_as_a_user(tmp_path):
     d = make_dataset(tmp_path / ODD, "sun")
     gone = images_of(d)[-1]
@@ -171,6 +175,7 @@ def test_train_and_evaluate_with_odd_paths_everywhere(tmp_path, synthetic_root):
     assert evaluate.returncode == 0 and "H=" in evaluate.stdout, evaluate.stderr[-3000:]
 
 
+@pytest.mark.slow  # a command run as a user (a subprocess), or seconds of work
 def test_a_full_disk_under_out_is_named_and_the_run_continues_once_there_is_space(tmp_path):
     import h5py
 

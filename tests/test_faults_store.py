@@ -173,6 +173,7 @@ def test_a_folder_where_the_file_should_be(tmp_path):
     refused(tmp_path / "mlflow.db", "is a folder")
 
 
+@pytest.mark.slow  # a command run as a user (a subprocess), or seconds of work
 def test_a_damaged_store_as_a_user_is_refused_before_ray(real_store, tmp_path, synthetic_root):
     path = tmp_path / "mlflow.db"
     path.write_bytes(real_store.read_bytes()[:200_000])

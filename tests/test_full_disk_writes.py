@@ -44,6 +44,7 @@ def test_a_checkpoint_on_a_full_disk_is_enospc_naming_it_and_leaves_no_file(tmp_
         assert not any(TMP_MARK in p.name for p in small.iterdir())
 
 
+@pytest.mark.slow  # a command run as a user (a subprocess), or seconds of work
 def test_msdn_train_checkpoint_on_a_full_disk_is_one_error_naming_the_file(tmp_path, synthetic_root):
     with small_filesystem(tmp_path / "small", "1m") as small:
         fill(small, 16 * 1024)
@@ -81,6 +82,7 @@ def test_a_full_mlflow_store_gives_up_what_needs_space_and_still_ends_the_run(tm
         assert writer.last_error.startswith("no space left on device") and writer.dropped == []
 
 
+@pytest.mark.slow  # a command run as a user (a subprocess), or seconds of work
 def test_a_run_ending_operation_is_tried_once_more_at_the_close_deadline(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run_id = client(uri).create_run(ensure_experiment(uri, "stuck")).info.run_id

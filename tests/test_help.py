@@ -80,6 +80,7 @@ def example_lines(text: str) -> list[str]:
 
 
 @pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.slow  # a command run as a user (a subprocess), or seconds of work
 def test_help_shows_each_default_once_and_never_none(command):
     text = help_text(command)
     assert "(default: None)" not in text and "default: None" not in text

@@ -219,6 +219,7 @@ def refused(tmp_path: Path, *argv: str) -> subprocess.CompletedProcess:
     return out
 
 
+@pytest.mark.slow  # a command run as a user (a subprocess), or seconds of work
 def test_non_finite_shares_and_timeouts_are_refused_as_a_user(tmp_path):
     out = refused(tmp_path, "--cpus-per-trial", "nan")
     assert out.stderr == "error: --cpus-per-trial nan: expected a finite number > 0\n"
@@ -228,6 +229,7 @@ def test_non_finite_shares_and_timeouts_are_refused_as_a_user(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["../../escaped", "ABSOLUTE", "sub/dir", ""])
+@pytest.mark.slow  # a command run as a user (a subprocess), or seconds of work
 def test_experiment_names_that_leave_the_storage_path_are_refused_as_a_user(tmp_path, name):
     home = tmp_path / "home" / "user"
     store = home / "store"

@@ -148,6 +148,7 @@ def test_cub_writes_the_hdf5_the_loaders_read(cub):
     assert np.allclose(bench.features[3], h["feature_map"][3].reshape(2048, 4).T, rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.slow  # a command run as a user (a subprocess), or seconds of work
 def test_cub_result_trains(cub):
     train_ok("cub", cub[1])
 
@@ -163,6 +164,7 @@ def test_second_run_reuses_the_finished_file(cub):
         run_prepare(cli("cub", d, out, "--dtype", "float16"))
 
 
+@pytest.mark.slow  # a command run as a user (a subprocess), or seconds of work
 def test_killed_run_resumes_to_the_same_file(cub, tmp_path):
     d, ref_out, _ = cub
     out = tmp_path / "out"
@@ -187,6 +189,7 @@ def test_killed_run_resumes_to_the_same_file(cub, tmp_path):
 
 
 @pytest.mark.parametrize("dataset", ["sun", "awa2"])
+@pytest.mark.slow  # a command run as a user (a subprocess), or seconds of work
 def test_sun_and_awa2_layouts_float16_and_training(dataset, tmp_path):
     d = make_dataset(tmp_path, dataset)
     images = d["images"] / ("images" if dataset == "sun" else "Animals_with_Attributes2/JPEGImages")
@@ -307,6 +310,7 @@ def test_attribute_words_and_sun_mat_names(tmp_path):
 # ----------------------------------------------------------------------------- weights
 
 
+@pytest.mark.slow  # a command run as a user (a subprocess), or seconds of work
 def test_weights_files_torchvision_and_msdn_checkpoint(tmp_path):
     import torchvision
 
@@ -342,6 +346,7 @@ def test_hub_cache_lookup_never_downloads(tmp_path, monkeypatch):
     assert r.path is None and "NOT ImageNet" in r.label
 
 
+@pytest.mark.slow  # a command run as a user (a subprocess), or seconds of work
 def test_cli_exits_2_with_the_message(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "msdn.prepare", "cub", "--images", str(tmp_path), "--xlsa17",
                            str(tmp_path), "--out", str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True,

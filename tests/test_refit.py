@@ -193,6 +193,7 @@ def last_json_line(text: str) -> dict:
     return json.loads([line for line in text.splitlines() if line.startswith("{")][-1])
 
 
+@pytest.mark.slow  # a command run as a user (a subprocess), or seconds of work
 def test_best_config_retrains_the_refit_exactly_and_its_checkpoint_evaluates_to_the_same(tmp_path, synthetic_root,
                                                                                           monkeypatch):
     import torch

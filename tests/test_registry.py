@@ -79,6 +79,7 @@ def refit_run(study: Study, config: str):
     return run
 
 
+@pytest.mark.slow  # a command run as a user (a subprocess), or seconds of work
 def test_each_refit_logs_its_model_on_its_run_and_the_first_seeds_are_registered(ended):
     study, outcome = ended
     c = study.client()
@@ -137,6 +138,7 @@ def predict_test_split(tracking_uri: str, data_root: Path, cwd: Path, threads: i
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # a command run as a user (a subprocess), or seconds of work
 def test_the_registered_model_predicts_the_test_split_as_the_refit_was_scored(ended, synthetic_root):
     study, outcome = ended
     run = study.client().get_run(refit_run(study, TUNED).info.run_id)
@@ -293,6 +295,7 @@ def test_registration_cut_off_by_a_lost_server_is_retried_until_it_is_back(tmp_p
     assert lines[2].startswith(f"MLflow store {server.uri} is back after ") and len(lines) == 3
 
 
+@pytest.mark.slow  # a command run as a user (a subprocess), or seconds of work
 def test_a_checkpoint_that_cannot_be_a_model_is_said_and_the_study_ends_normally(tmp_path, synthetic_root):
     """Refits whose stored checkpoints hold no weights (stand-ins): no model, nothing registered, one line each."""
     study = Study(tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}", synthetic_root, COMPLETED["records"],

@@ -98,6 +98,7 @@ def test_latex_is_a_booktabs_table_and_csv_holds_fractions(tmp_path):
     assert [float(r["H_mean"]) for r in published] == [0.681, 0.413]
 
 
+@pytest.mark.slow  # a command run as a user (a subprocess), or seconds of work
 def test_cli_writes_the_table_and_the_figure_and_refuses_a_folder_without_a_summary(tmp_path, capsys):
     cub = write_study(tmp_path / "cub", "cub", TUNED, AUTHORS)
     out, png = tmp_path / "t.tex", tmp_path / "h.png"

@@ -94,6 +94,7 @@ def options(storage: str, data_root: Path, **kw):
                                       experiment=EXPERIMENT, **kw), 4)
 
 
+@pytest.mark.slow  # a command run as a user (a subprocess), or seconds of work
 def test_storage_checks_before_ray_accept_a_reachable_bucket_and_refuse_the_rest(s3, synthetic_root, tmp_path,
                                                                                  monkeypatch):
     from msdn.study.options import StudyError, check_object_storage, check_storage

@@ -190,6 +190,7 @@ def test_the_lock_is_released_with_its_block_and_by_a_killed_process(study, tmp_
     assert lock_holder(tmp_path / "no such.lock") is None and not (tmp_path / "no such.lock").exists()
 
 
+@pytest.mark.slow  # a command run as a user (a subprocess), or seconds of work
 def test_a_changed_resume_is_refused_by_tune_run_before_ray_and_changes_nothing(study, tmp_path):
     args, opts, _ = study
     folder = Path(opts.storage_path) / EXPERIMENT

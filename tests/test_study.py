@@ -247,6 +247,7 @@ def test_killed_study_resumes_with_one_run_per_trial(tmp_path, data_root):
     assert kept and all(after_ids[t] == before_ids[t] for t in kept)
 
 
+@pytest.mark.slow  # a command run as a user (a subprocess), or seconds of work
 def test_invalid_search_space_fails_before_ray(tmp_path, data_root, ray_tmpdir):
     bad = tmp_path / "bad.yaml"
     bad.write_text("metric: H\nmode: max\nasha: {max_t: 4, grace_period: 1, reduction_factor: 2}\n"
@@ -257,6 +258,7 @@ def test_invalid_search_space_fails_before_ray(tmp_path, data_root, ray_tmpdir):
     assert "bad.yaml" in out.stderr and "params.lr.low" in out.stderr
 
 
+@pytest.mark.slow  # a command run as a user (a subprocess), or seconds of work
 def test_unreachable_tracking_server_fails_before_ray(tmp_path, data_root, ray_tmpdir):
     out = run_study(tmp_path, "--dataset", "synthetic", "--data-root", str(data_root),
                     "--mlflow-uri", "http://127.0.0.1:9", ray_tmpdir=ray_tmpdir)
@@ -264,12 +266,14 @@ def test_unreachable_tracking_server_fails_before_ray(tmp_path, data_root, ray_t
     assert "--mlflow-uri http://127.0.0.1:9" in out.stderr and "does not answer" in out.stderr
 
 
+@pytest.mark.slow  # a command run as a user (a subprocess), or seconds of work
 def test_missing_dataset_fails_before_ray_with_instructions(tmp_path, ray_tmpdir):
     out = run_study(tmp_path, "--dataset", "cub", "--data-root", str(tmp_path / "nodata"), ray_tmpdir=ray_tmpdir)
     assert_refused_before_ray(tmp_path, out, ray_tmpdir)
     assert "feature_map_ResNet_101_CUB.hdf5" in out.stderr and "--dataset synthetic" in out.stderr
 
 
+@pytest.mark.slow  # a command run as a user (a subprocess), or seconds of work
 def test_resume_without_a_study_and_duplicate_study_are_refused(tmp_path, data_root):
     out = run_study(tmp_path, "--dataset", "synthetic", "--data-root", str(data_root), "--resume")
     assert out.returncode == 2 and "--resume: no study named 'msdn-synthetic-val'" in out.stderr

@@ -108,6 +108,7 @@ def test_tracking_server_that_never_comes_back_is_reported_and_the_study_exits_3
     assert len(trial_results) == 3  # nothing of the trials is lost: Tune's storage has every result
 
 
+@pytest.mark.slow  # a command run as a user (a subprocess), or seconds of work
 def test_storage_path_that_is_a_file_is_refused_before_ray(tmp_path, synthetic_root):
     (tmp_path / "results").write_text("a file where a folder should be\n")
     out = subprocess.run(RUN + ["--dataset", "synthetic", "--data-root", str(synthetic_root), "--storage-path",

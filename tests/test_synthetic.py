@@ -58,6 +58,7 @@ def test_loaders_read_it(root):
     assert (int(val.seen.sum()), int((~val.seen).sum())) == (27, 13) and "xlsa17" in val.note
 
 
+@pytest.mark.slow  # a command run as a user (a subprocess), or seconds of work
 def test_deterministic_for_a_seed(root, tmp_path):
     synthetic.ensure_synthetic(tmp_path, seed=0, progress=None)
     a, b = benchmark_paths("synthetic", root), benchmark_paths("synthetic", tmp_path)
@@ -78,6 +79,7 @@ def _snapshot(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow  # a command run as a user (a subprocess), or seconds of work
 def test_complete_set_is_reused_and_interrupted_write_regenerated(tmp_path):
     synthetic.ensure_synthetic(tmp_path, progress=None)
     hdf5 = benchmark_paths("synthetic", tmp_path).hdf5
@@ -135,6 +137,7 @@ def test_modified_file_and_removed_file_stop_a_regeneration(synthetic_root, tmp_
     assert {k: v for k, v in _snapshot(root).items() if "cache" not in k} == before
 
 
+@pytest.mark.slow  # a command run as a user (a subprocess), or seconds of work
 def test_own_output_is_regenerated_for_another_seed(tmp_path):
     synthetic.ensure_synthetic(tmp_path, seed=3, progress=None)
     synthetic.ensure_synthetic(tmp_path, seed=4, progress=None)
@@ -172,6 +175,7 @@ def test_learnable_but_not_trivial(root):
     assert 0.4 < seen_acc < 0.97
 
 
+@pytest.mark.slow  # a command run as a user (a subprocess), or seconds of work
 def test_cli(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     out = subprocess.run([sys.executable, "-m", "msdn.synthetic", "--data-root", str(tmp_path), "--seed", "3"],

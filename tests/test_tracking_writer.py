@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.protos import databricks_pb2
 
@@ -25,6 +26,7 @@ def test_operations_run_in_order_on_the_writer_thread(tmp_path):
     assert writer.close(5) == []
 
 
+@pytest.mark.slow  # a command run as a user (a subprocess), or seconds of work
 def test_an_outage_is_retried_in_order_until_the_store_answers(tmp_path):
     writer = make_writer(tmp_path)
     failures = {"left": 3}
@@ -57,6 +59,7 @@ def test_a_refused_operation_is_dropped_and_reported_the_rest_goes_on(tmp_path):
     assert "already logged" in writer.dropped[0]
 
 
+@pytest.mark.slow  # a command run as a user (a subprocess), or seconds of work
 def test_close_returns_what_a_store_that_never_answers_did_not_take(tmp_path):
     writer = make_writer(tmp_path)
 

@@ -21,6 +21,7 @@ def synthetic(synthetic_root):
     return synthetic_root, load_benchmark("synthetic", synthetic_root, progress=None)
 
 
+@pytest.mark.slow  # a command run as a user (a subprocess), or seconds of work
 def test_training_learns_and_beats_chance(synthetic):
     root, bench = synthetic
     split = make_split(bench, "paper")
@@ -42,6 +43,7 @@ def test_training_learns_and_beats_chance(synthetic):
     assert not [k for k in last if "best" in k]
 
 
+@pytest.mark.slow  # a command run as a user (a subprocess), or seconds of work
 def test_resume_gives_the_uninterrupted_result(synthetic, tmp_path):
     root, bench = synthetic
     split = make_split(bench, "val", seed=0)
@@ -65,6 +67,7 @@ def test_resume_gives_the_uninterrupted_result(synthetic, tmp_path):
     assert [m["epoch"] for m in resumed.history] == [1, 2, 3]
 
 
+@pytest.mark.slow  # a command run as a user (a subprocess), or seconds of work
 def test_same_seed_same_run_different_seed_different_run(synthetic):
     root, bench = synthetic
     split = make_split(bench, "paper")
@@ -87,6 +90,7 @@ def test_seen_only_cross_entropy_and_lr_factor_are_used(synthetic):
     assert torch.allclose(trainer.model.V, v_before, atol=1e-6)  # V barely moves at a ~0 learning rate
 
 
+@pytest.mark.slow  # a command run as a user (a subprocess), or seconds of work
 def test_cli_json_output_and_overrides(synthetic, tmp_path):
     root, _ = synthetic
     yaml_file = tmp_path / "cfg.yaml"
@@ -135,6 +139,7 @@ def test_the_epoch_line_gives_every_figure():
                                   "H 0.6000 | 1.2s")
 
 
+@pytest.mark.slow  # a command run as a user (a subprocess), or seconds of work
 def test_bad_configuration_is_reported(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("lambda_dis: 0.01\nlearning_rate: 3\n")
@@ -150,6 +155,7 @@ def test_bad_configuration_is_reported(tmp_path):
     assert "feature_map_ResNet_101_CUB.hdf5" in out.stderr and "synthetic" in out.stderr
 
 
+@pytest.mark.slow  # a command run as a user (a subprocess), or seconds of work
 def test_bf16_autocast_step_runs_on_cpu(synthetic):
     root, bench = synthetic
     split = make_split(bench, "paper")

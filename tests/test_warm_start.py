@@ -104,6 +104,7 @@ def test_same_benchmark_trials_outside_the_new_ranges_are_left_out(tmp_path, syn
     assert s.warm_started.left_out == len(finished) - len(kept)
 
 
+@pytest.mark.slow  # a command run as a user (a subprocess), or seconds of work
 def test_another_benchmark_the_earlier_best_are_tried_first_and_marked(tmp_path, synthetic_root, other_root):
     earlier = tmp_path / "msdn-other"
     configs = earlier_study(earlier, other_root)  # on the second synthetic benchmark
@@ -171,6 +172,7 @@ def test_not_a_study_folder_is_refused_naming_the_flag(tmp_path, synthetic_root)
     assert not (tmp_path / "results").exists()
 
 
+@pytest.mark.slow  # a command run as a user (a subprocess), or seconds of work
 def test_tune_run_exits_2_naming_warm_start_before_ray(tmp_path, synthetic_root):
     done = subprocess.run([sys.executable, str(REPO / "tune" / "run.py"), "--dataset", "synthetic", "--data-root",
                            str(synthetic_root), "--warm-start", str(tmp_path / "nowhere"), "--storage-path",

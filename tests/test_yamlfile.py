@@ -168,6 +168,7 @@ def user_runs(tmp_path_factory) -> dict[tuple[str, str], tuple[Path, subprocess.
 
 @pytest.mark.parametrize("command", ["msdn.train", "tune/run.py"])
 @pytest.mark.parametrize("case", CASES)
+@pytest.mark.slow  # a command run as a user (a subprocess), or seconds of work
 def test_refused_as_a_user_meets_it(user_runs, case, command):
     folder, proc = user_runs[case, command]
     out, err = proc.communicate(timeout=300)
