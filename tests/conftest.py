@@ -1,6 +1,6 @@
 """Fixtures shared by the test files.
 
-Tiers: `python -m pytest -m "not slow"` is the fast tier (no Ray cluster, no whole study);
+Tiers: `python -m pytest -m "not slow"` is the fast tier (no Ray cluster, no whole study, no subprocess);
 `python -m pytest -q -rs` runs everything, including the `slow` end-to-end studies.
 """
 from __future__ import annotations
