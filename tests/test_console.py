@@ -24,7 +24,8 @@ RUN = [sys.executable, str(REPO / "tune" / "run.py")]
 CONTROL = re.compile(r"\x1b|\r")  # a redraw: escape sequences, carriage returns
 # Lines Ray, Tune, MLflow and Optuna print by themselves; none belongs on the default console.
 LIBRARY_MARKERS = (" INFO ", "WARNING", "Checkpoint successfully created", "== Status ==", "Trial status",
-                   "[I 20", "Started a local Ray instance", "mlflow.store", "Token authentication", "(train_msdn pid=")
+                   "[I 20", "Started a local Ray instance", "mlflow.store", "Token authentication", "(train_msdn pid=",
+                   "Downloading artifacts")
 
 
 class Clock:

@@ -10,6 +10,7 @@ Only flags are parsed here; the study itself lives in `msdn.study.runner` (optio
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -49,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
 def study(argv: list[str] | None = None) -> int:
     """Parse the flags, run the study; exit 0, 1 (no result), 3 (tracking incomplete) or 130 (interrupted)."""
     args = build_parser().parse_args(argv)
+    # MLflow draws a tqdm bar ("Downloading artifacts") each time a refit's model is saved; the study's console
+    # has its own progress lines. A user who wants the bars back exports the variable as true.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from msdn.cli import EXIT_INTERRUPTED, EXIT_TRACKING
     from msdn.study.options import StudyFailed, requests_from_flags
     from msdn.study.runner import run_study
