@@ -267,7 +267,11 @@ def run_refits(opts: StudyOptions, specs: list[RefitSpec], resources: dict[str, 
                 show(f"{result_line(result)} [{len(results)}/{len(specs)}]")
                 on_result(result)
     except BaseException as exc:
-        for ref in pending:  # a stopped or failed study must not go on training, nor testing
+        # A stopped or failed study must not go on training, nor testing. Only tasks still running are cancelled:
+        # force-cancelling one that has just finished can abort the driver inside Ray 2.60 ("Tried to complete
+        # task that was not pending", task_manager.cc), seen once in a Ctrl+C during the refits.
+        _, running = ray.wait(list(pending), num_returns=len(pending), timeout=0) if pending else ([], [])
+        for ref in running:
             ray.cancel(ref, force=True)
         if isinstance(exc, KeyboardInterrupt) and pending:
             show(f"refits interrupted: {len(results)} of {len(specs)} seen finished; every finished one is kept in\n"
