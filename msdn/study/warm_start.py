@@ -162,9 +162,9 @@ def inside(value: Any, d: BaseDistribution) -> bool:
         return False
     if not d.low <= value <= d.high:
         return False
-    step = getattr(d, "step", None)
+    step = getattr(d, "step", None)  # an IntDistribution always has one (1 by default); a float's may be None
     if step is None:
-        return not isinstance(d, optuna.distributions.IntDistribution) or float(value).is_integer()
+        return True
     steps = (value - d.low) / step
     return math.isclose(steps, round(steps), abs_tol=1e-8)
 
