@@ -88,7 +88,10 @@ def test_readmes_submit_command_runs_on_nodes_started_by_the_launcher_yaml(clust
     assert all(c.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for c in children)
     assert all(c.info.status == "FINISHED" for c in children)
     used = {c.data.tags["placement.node_id"] for c in children}
-    assert used == nodes, f"trials ran on {used}, the cluster has {nodes}"
+    # Each trial's node is recorded and is one of the cluster's. Which nodes: Ray's to choose (on a loaded machine
+    # the head's reused worker may take every trial before the worker node's has started); that trials do run on
+    # the worker node is test_study_survives_losing_the_worker_node's first step.
+    assert used and used <= nodes, f"trials ran on {used}, the cluster has {nodes}"
     # trials never reached the tracking server themselves: only the driver's host is in its access log
     assert (shared_results / EXPERIMENT / "tuner.pkl").is_file()
 

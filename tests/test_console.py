@@ -1,6 +1,7 @@
 """What a study shows a person (msdn/study/console.py, the report's width) and where its log lines go
 (msdn/study/logs.py): the progress counts and words as pure functions, the plain printer, the log routing,
-and (slow) a whole study's console output with and without -v.
+and (slow) a whole study's console output with -v. The default console of a whole study is checked on
+tests/test_study.py's small study (tests/console_checks.py), so that no extra study runs for it.
 """
 from __future__ import annotations
 
@@ -22,10 +23,6 @@ from msdn.study.console import (WIDTH, Best, PlainDisplay, Snapshot, TrialCounte
 REPO = Path(__file__).resolve().parents[1]
 RUN = [sys.executable, str(REPO / "tune" / "run.py")]
 CONTROL = re.compile(r"\x1b|\r")  # a redraw: escape sequences, carriage returns
-# Lines Ray, Tune, MLflow and Optuna print by themselves; none belongs on the default console.
-LIBRARY_MARKERS = (" INFO ", "WARNING", "Checkpoint successfully created", "== Status ==", "Trial status",
-                   "[I 20", "Started a local Ray instance", "mlflow.store", "Token authentication", "(train_msdn pid=",
-                   "Downloading artifacts")
 
 
 class Clock:
@@ -277,31 +274,6 @@ def ray_tmpdir():
 def run_study(workdir: Path, ray_tmpdir: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_TMPDIR": str(ray_tmpdir)}
     return subprocess.run(RUN + list(args), cwd=workdir, capture_output=True, text=True, timeout=900, env=env)
-
-
-@pytest.mark.slow
-def test_a_studys_console_holds_its_own_lines_and_the_log_file_the_libraries(tmp_path, synthetic_root, ray_tmpdir):
-    out = run_study(tmp_path, ray_tmpdir, "--dataset", "synthetic", "--data-root", str(synthetic_root),
-                    "--num-samples", "4", "--max-epochs", "3", "--refit-seeds", "1", "--no-baseline")
-    console = out.stdout + out.stderr
-    assert out.returncode == 0, console[-4000:]
-    lines = console.splitlines()
-    # A person's width: only lines naming one of the user's own paths (or a command with them) may be wider.
-    assert [line for line in lines if len(line) > 120 and str(tmp_path) not in line] == []
-    assert not CONTROL.search(console)  # not a terminal: no redraws
-    for marker in LIBRARY_MARKERS:
-        assert marker not in console, f"{marker!r} on the console:\n{console[-4000:]}"
-    ended = [re.match(r"t\d\d (\S+)  (completed|stopped early|errored) ", line) for line in lines]
-    assert len({m.group(1) for m in ended if m}) == 4, console  # one line per trial
-    for needle in ("top trials", "TEST (refit on trainval", "best configuration: ", "results: ", "MLflow:", "Optuna:",
-                   "trials: 4 of 4 ended"):
-        assert needle in out.stdout, needle
-    log = Path(next(line for line in lines if line.startswith("log:")).split()[1])
-    assert log == tmp_path / "results" / "msdn-synthetic-val" / "study.log"
-    text = log.read_text()
-    for needle in ("Started a local Ray instance", "== Status ==", "Checkpoint successfully created",
-                   "A new study created in Journal", "Ray's own logs", "TEST (refit on trainval"):
-        assert needle in text, needle
 
 
 @pytest.mark.slow

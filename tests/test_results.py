@@ -216,11 +216,16 @@ def test_refit_table_shows_each_configuration_over_seeds_and_the_paired_delta():
     # one seed: the single line of a study without seeds, then the authors' and the difference without interval
     single = refit_lines(Refits(tuned=[refit(TUNED, 1, 0.5)], baseline=[refit(BASELINE, 1, 0.45, 10)]))
     assert single == ["TEST (refit on trainval, 2 epochs, gamma=1.50): S=0.5500 U=0.4500 H=0.5000 ZSL=0.6000",
-                      "TEST, authors' configuration (refit on trainval, 10 epochs, gamma=1.50): S=0.5000 U=0.4000 "
+                      "TEST, authors' (refit on trainval, 10 epochs, gamma=1.50): S=0.5000 U=0.4000 "
                       "H=0.4500 ZSL=0.6000",
                       "delta H (tuned - authors', same seed): +5.00 points",
                       "  (one seed: no interval; --refit-seeds 3 or more gives one)"]
     assert refit_lines(Refits(tuned=[refit(TUNED, 1, 0.5)]))[1:] == []
+    # the widest single lines (AUSUC, 3-digit epochs, a negative gamma) fit a person's 120 columns
+    wide = [refit(config, 1, 0.5, 100) for config in (TUNED, BASELINE)]
+    for r in wide:
+        r.metrics.update(AUSUC=0.5, gamma=-2.0)
+    assert all(len(line) <= 120 for line in refit_lines(Refits(tuned=wide[:1], baseline=wide[1:])))
 
 
 def test_a_study_that_failed_at_start_leaves_nothing_that_blocks_a_retry(tmp_path):

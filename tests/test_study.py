@@ -74,6 +74,9 @@ def test_small_study_end_to_end(tmp_path, data_root):
                     "--max-epochs", "4", "--seed", "3", "--refit-seeds", "1")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "top trials" in out.stdout and "TEST (refit on trainval" in out.stdout
+    from console_checks import assert_console_holds_its_own_lines_and_the_log_file_the_libraries
+
+    assert_console_holds_its_own_lines_and_the_log_file_the_libraries(out, tmp_path, trials=5)
     client, parents, children = mlflow_runs(tmp_path / "mlflow.db")
     assert len(parents) == 1 and len(children) == 5
     parent = parents[0]

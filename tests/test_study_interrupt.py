@@ -3,6 +3,11 @@ Ctrl+C while it shuts down, and Ctrl+C during the refits. An interrupted study e
 test result, leaves its runs KILLED (never FINISHED, never RUNNING), and `--resume` then finishes it:
 every trial exactly once, exactly one MLflow run per trial and per refit, each refit done once.
 
+The study interrupted during its refits is also started a second time while it runs, with and without
+--resume (the study lock): each second start ends with exit 2 in seconds, naming the running study's pid,
+having written nothing (MLflow holds one parent run, the log file no second start), and the first study goes
+on unharmed. The lock's logic, in-process: tests/test_started.py.
+
 The studies interrupted during their trials refit one seed without the authors' configuration
 (`QUICK_REFIT`); the one interrupted during its refits runs the default: 3 seeds, tuned and authors'.
 """
@@ -19,12 +24,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from msdn.fsutil import lock_holder
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = [sys.executable, str(REPO / "tune" / "run.py")]
 EXPERIMENT = "msdn-synthetic-val"
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+ENV = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"} | {"PYTHONUNBUFFERED": "1"}
 
 
 QUICK_REFIT = ["--refit-seeds", "1", "--no-baseline"]
@@ -148,15 +155,39 @@ def refit_runs(workdir: Path) -> list:
             if r.data.tags.get("msdn.study") == "refit"]
 
 
+def assert_a_second_start_is_refused_at_once(workdir: Path, study: Study, args: list[str]) -> None:
+    """The same command again, and the --resume a user might try, while `study` runs: both refused by its lock."""
+    folder = workdir / "results" / EXPERIMENT
+    study.wait_for(lambda: "parent run" in study.text(), "the parent run")  # MLflow and Ray are up, trials next
+    assert lock_holder(folder / "study.lock").startswith(f"pid {study.proc.pid} on host ")
+    start = time.monotonic()
+    seconds = [subprocess.Popen(RUN + args + extra, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=ENV) for extra in ([], ["--resume"])]
+    for second in seconds:
+        out, err = second.communicate(timeout=120)
+        assert second.returncode == 2, out[-2000:] + err[-2000:]
+        assert time.monotonic() - start < 60 and "Traceback" not in err
+        errors = [line for line in err.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and errors[0].startswith(f"error: the study {EXPERIMENT!r} ({folder}) is running "
+                                                         f"now (pid {study.proc.pid} on host ")
+        assert "nothing was written" in errors[0] and "Started a local Ray" not in out + err
+        assert f"(pid {second.pid})" not in (folder / "study.log").read_text()  # it never opened the log
+    _, parents, _ = runs(workdir)
+    assert len(parents) == 1 and parents[0].info.status == "RUNNING"
+    assert study.proc.poll() is None  # it ran all along: the refusals were the lock's
+
+
 def test_ctrl_c_during_the_refits_keeps_the_finished_ones_and_resume_runs_only_the_others(tmp_path, synthetic_root):
     args = study_args(synthetic_root, samples=3, refit=[])  # the default: 3 seeds, tuned and authors' = 6 refits
     refits = tmp_path / "results" / EXPERIMENT / "refits"
     study = Study(tmp_path, args, "first.log")
+    assert_a_second_start_is_refused_at_once(tmp_path, study, args)
     study.wait_for(lambda: "[1/6]" in study.text(), "the first finished refit")
     study.signal_group(signal.SIGINT)
     code = study.finish()
     out = study.text()
     assert code == 130, out[-3000:]
+    assert lock_holder(tmp_path / "results" / EXPERIMENT / "study.lock") is None  # released by the interrupted study
     assert "TEST (refit" not in out and "study interrupted" in out and "refits interrupted" in out
     _, parents, children = runs(tmp_path)
     assert parents[0].info.status == "KILLED" and parents[0].data.tags["study_state"] == "interrupted"
