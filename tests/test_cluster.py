@@ -1,6 +1,6 @@
 """The study on a real two-node Ray cluster (loopback), submitted with `ray job submit`.
 
-Slow tier: each test starts a Ray head and a worker node with the launcher YAML's own start commands,
+Slow tier: the tests share a Ray head and a worker node started with the launcher YAML's own start commands,
 in a clean environment without the venv on PATH (tests/loopback_cluster.py), and an MLflow tracking
 server with a SQLite backend; everything is stopped afterwards, also when an assertion fails.
 """
@@ -19,20 +19,33 @@ from loopback_cluster import BIN, LoopbackCluster, readme_submit_command
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENT = "msdn-synthetic-val"
+NODE_LOSS = "node-loss"  # the node-loss study's experiment, apart from the README command's on the shared cluster
 
 
-@pytest.fixture
-def cluster(tmp_path):
-    c = LoopbackCluster(tmp_path)
+@pytest.fixture(scope="module")
+def two_nodes(tmp_path_factory):
+    """One loopback cluster for this file's tests (each start costs two Ray nodes and an MLflow server: tens of
+    seconds on two cores). Each test keeps to its own experiment and storage path on it."""
+    workdir = tmp_path_factory.mktemp("cluster")
+    c = LoopbackCluster(workdir)
     try:
         c.start()
         yield c
     finally:
         c.stop()
     assert not c.processes(), f"processes of the test cluster still running: {c.processes()}"
-    for marker in (str(tmp_path), str(c.session_root)):
+    for marker in (str(workdir), str(c.session_root)):
         leftover = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout.split()
         assert not leftover, f"processes of the test cluster still running: {leftover}"
+
+
+@pytest.fixture
+def cluster(two_nodes):
+    """The shared cluster with its two nodes: a worker node lost in an earlier test is replaced first."""
+    if not any("worker_node" in n["resources"] for n in two_nodes.alive_nodes()):
+        two_nodes.start_worker()
+        two_nodes.wait_for_nodes(2)
+    return two_nodes
 
 
 @pytest.fixture
@@ -53,11 +66,11 @@ def study_command(cluster: LoopbackCluster, data_root: Path, results: Path, *ext
             *extra]
 
 
-def runs(cluster: LoopbackCluster):
+def runs(cluster: LoopbackCluster, experiment: str = EXPERIMENT):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(cluster.mlflow_uri)
-    exp = client.get_experiment_by_name(EXPERIMENT)
+    exp = client.get_experiment_by_name(experiment)
     assert exp is not None
     all_runs = client.search_runs([exp.experiment_id], max_results=1000)
     parents = [r for r in all_runs if r.data.tags.get("msdn.study") == "parent"]
@@ -100,7 +113,7 @@ def test_node_local_storage_is_refused_on_a_multi_node_cluster(cluster, shared_d
     # a folder the head (where the job's driver runs) sees and the worker node does not
     out = cluster.submit(REPO, ["python", "tune/run.py", "--dataset", "synthetic", "--address", "auto",
                                 "--data-root", str(shared_data), "--storage-path", str(cluster.node_local_dir / "results"),
-                                "--mlflow-uri", cluster.mlflow_uri, "--num-samples", "2"])
+                                "--mlflow-uri", cluster.mlflow_uri, "--num-samples", "2", "--experiment", "refused"])
     logs = out.stdout + out.stderr
     assert out.returncode != 0, logs[-3000:]
     assert "is local to the driver's node" in logs and "shared filesystem" in logs
@@ -120,7 +133,7 @@ def test_study_survives_losing_the_worker_node(cluster, shared_data, shared_resu
         [str(BIN / "ray"), "job", "submit", "--no-wait", "--submission-id", job_id, "--address", cluster.dashboard,
          "--working-dir", str(REPO), "--",
          *study_command(cluster, shared_data, shared_results, "--search-space", str(space), "--num-samples", "3",
-                        "--max-concurrent", "2", "--max-failures", "2")],
+                        "--max-concurrent", "2", "--max-failures", "2", "--experiment", NODE_LOSS)],
         env=cluster.env, capture_output=True, text=True, timeout=300, cwd=REPO,
     )
     assert submit.returncode == 0, submit.stderr[-3000:]
@@ -129,7 +142,7 @@ def test_study_survives_losing_the_worker_node(cluster, shared_data, shared_resu
     victim = None
     while time.time() < deadline and victim is None:
         try:
-            _, _, children = runs(cluster)
+            _, _, children = runs(cluster, NODE_LOSS)
         except AssertionError:
             children = []
         for c in children:
@@ -150,7 +163,7 @@ def test_study_survives_losing_the_worker_node(cluster, shared_data, shared_resu
     answer = cluster.ray("job", "logs", "--address", cluster.dashboard, job_id, check=False)
     logs = answer.stdout + answer.stderr
     assert f"job '{job_id}' succeeded" in status, status + logs[-4000:]
-    client, parents, children = runs(cluster)
+    client, parents, children = runs(cluster, NODE_LOSS)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children)
     hit = next(c for c in children if c.data.tags["trial_id"] == victim)
